@@ -1,0 +1,302 @@
+"""Cortical sheets: unit positions (in mm) on a simulated 2-D cortex, with precomputed neighbourhoods.
+
+A :class:`CorticalSheet` holds, for one layer of a network, the position of every unit (flattened in C·H·W order,
+the order of ``torch.flatten``) on a square sheet ``[0, side_mm]²``, and a table of neighbourhoods: rows of unit
+indices that lie inside one square window of ``neighbourhood_width_mm``. The spatial loss samples rows of that
+table at every step (DESIGN §3).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ._validation import check_positive, check_positions
+
+SHEET_FORMAT = "tdann_fast.CorticalSheet"
+SHEET_VERSION = 1
+
+__all__ = ["CorticalSheet", "sample_neighbourhoods", "retinotopic_positions"]
+
+
+def sample_neighbourhoods(
+    positions,
+    side_mm: float,
+    neighbourhood_width_mm: float,
+    num_neighbourhoods: int = 20000,
+    max_units: int = 500,
+    min_units: int = 25,
+    percentile: float = 5.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Precompute neighbourhoods as in DESIGN §3.
+
+    Draw ``num_neighbourhoods`` square windows of side ``neighbourhood_width_mm`` whose centres are uniform such
+    that the window lies inside ``[0, side_mm]²``; keep the windows holding at least ``max(percentile-th
+    percentile of the counts, min_units)`` units; subsample every kept window without replacement to
+    ``M = min(that threshold, max_units)`` units (indices sorted ascending within a row).
+
+    Returns an int64 tensor (K, M). Deterministic for a given ``seed``.
+    """
+    pos = check_positions(positions, "positions").detach().cpu().double().numpy()
+    check_positive(side_mm, "side_mm")
+    check_positive(neighbourhood_width_mm, "neighbourhood_width_mm")
+    if neighbourhood_width_mm > side_mm:
+        raise ValueError(
+            f"neighbourhood_width_mm ({neighbourhood_width_mm}) must not exceed the sheet side side_mm ({side_mm})"
+        )
+    for value, name in ((num_neighbourhoods, "num_neighbourhoods"), (max_units, "max_units")):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(min_units, (int, np.integer)) or min_units < 2:
+        raise ValueError(f"min_units must be an integer >= 2, got {min_units!r}")
+    if not 0.0 <= float(percentile) <= 100.0:
+        raise ValueError(f"percentile must lie in [0, 100], got {percentile!r}")
+
+    rng = np.random.default_rng(seed)
+    half = neighbourhood_width_mm / 2.0
+    centres = rng.uniform(half, side_mm - half, size=(int(num_neighbourhoods), 2))
+    # Units sorted by x: every window's candidates are one contiguous slice (a vertical strip); filter by y.
+    order = np.argsort(pos[:, 0], kind="stable")
+    xs, ys = pos[order, 0], pos[order, 1]
+    lo = np.searchsorted(xs, centres[:, 0] - half, side="left")
+    hi = np.searchsorted(xs, centres[:, 0] + half, side="right")
+    counts = np.empty(len(centres), dtype=np.int64)
+    for w, (a, b) in enumerate(zip(lo, hi)):
+        counts[w] = np.count_nonzero(np.abs(ys[a:b] - centres[w, 1]) <= half)
+
+    threshold = max(int(np.floor(np.percentile(counts, percentile))), int(min_units))
+    keep = np.flatnonzero(counts >= threshold)
+    if keep.size == 0:
+        raise ValueError(
+            f"no neighbourhood window of width {neighbourhood_width_mm} mm holds min_units={min_units} units "
+            f"(largest window holds {int(counts.max())}); use a larger neighbourhood_width_mm or a smaller min_units"
+        )
+    m = min(threshold, int(max_units))
+    rows = np.empty((keep.size, m), dtype=np.int64)
+    for r, w in enumerate(keep):
+        a, b = lo[w], hi[w]
+        members = order[a:b][np.abs(ys[a:b] - centres[w, 1]) <= half]
+        pick = members if members.size == m else rng.choice(members, size=m, replace=False)
+        rows[r] = np.sort(pick)
+    return torch.from_numpy(rows)
+
+
+def retinotopic_positions(
+    channels: int,
+    height: int,
+    width: int,
+    side_mm: float,
+    overlap: float = 1.0,
+    jitter: float = 0.1,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Retinotopic initial positions (N = channels·height·width, 2) in C·H·W order (DESIGN §4).
+
+    The H×W spatial locations are anchors on a regular grid spanning the sheet (row → y, column → x). The
+    channels of one location are scattered uniformly inside a square around their anchor whose side is
+    ``overlap`` times the anchor spacing (1.0: the squares tile the sheet; > 1: neighbouring squares overlap),
+    plus Gaussian jitter of standard deviation ``jitter`` × the anchor spacing. Finally each axis is rescaled to
+    ``[0, side_mm]``.
+    """
+    for value, name in ((channels, "channels"), (height, "height"), (width, "width")):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive(side_mm, "side_mm")
+    check_positive(overlap, "overlap")
+    if not (jitter >= 0 and math.isfinite(jitter)):
+        raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
+    rng = np.random.default_rng(seed)
+    shape = (channels, height, width)
+    anchor_x = ((np.arange(width) + 0.5) / width)[None, None, :]
+    anchor_y = ((np.arange(height) + 0.5) / height)[None, :, None]
+    x = anchor_x + (rng.uniform(-0.5, 0.5, size=shape) * overlap + rng.normal(0.0, jitter, size=shape)) / width
+    y = anchor_y + (rng.uniform(-0.5, 0.5, size=shape) * overlap + rng.normal(0.0, jitter, size=shape)) / height
+
+    def rescale(v):
+        lo, hi = v.min(), v.max()
+        if hi - lo <= 0:
+            return np.full_like(v, side_mm / 2.0)
+        return (v - lo) / (hi - lo) * side_mm
+
+    xy = np.stack([rescale(x).reshape(-1), rescale(y).reshape(-1)], axis=1)
+    return torch.from_numpy(xy.astype(np.float32))
+
+
+class CorticalSheet:
+    """Positions of one layer's units on a square cortical sheet, plus precomputed neighbourhoods.
+
+    Args:
+        positions: (N, 2) unit positions in mm (x, y), N = C·H·W in torch.flatten order.
+        side_mm: side of the square sheet in mm; positions lie in ``[0, side_mm]²``.
+        neighbourhood_width_mm: side of the square neighbourhood windows in mm.
+        neighbourhoods: optional int64 (K, M) table of unit indices; computed with default settings when None.
+        shape: optional (C, H, W) of the layer this sheet belongs to (checked against N).
+    """
+
+    def __init__(
+        self,
+        positions,
+        side_mm: float,
+        neighbourhood_width_mm: float,
+        neighbourhoods=None,
+        shape: Optional[Sequence[int]] = None,
+    ):
+        positions = check_positions(positions, "positions")
+        self.positions = positions.to(torch.float32)
+        self.side_mm = float(check_positive(side_mm, "side_mm"))
+        self.neighbourhood_width_mm = float(check_positive(neighbourhood_width_mm, "neighbourhood_width_mm"))
+        n = self.positions.shape[0]
+        if shape is not None:
+            shape = tuple(int(s) for s in shape)
+            if int(np.prod(shape)) != n:
+                raise ValueError(f"shape {shape} holds {int(np.prod(shape))} units but positions has {n} rows")
+        self.shape: Optional[Tuple[int, ...]] = shape
+        if neighbourhoods is None:
+            neighbourhoods = sample_neighbourhoods(self.positions, self.side_mm, self.neighbourhood_width_mm)
+        self.neighbourhoods = self._check_neighbourhoods(neighbourhoods, n).to(self.positions.device)
+
+    @staticmethod
+    def _check_neighbourhoods(neighbourhoods, n: int) -> torch.Tensor:
+        nb = torch.as_tensor(neighbourhoods)
+        if nb.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"neighbourhoods must be an integer tensor, got dtype {nb.dtype}")
+        if nb.dim() != 2 or nb.shape[0] < 1 or nb.shape[1] < 2:
+            raise ValueError(f"neighbourhoods must have shape (K >= 1, M >= 2), got {tuple(nb.shape)}")
+        lo, hi = int(nb.min()), int(nb.max())
+        if lo < 0 or hi >= n:
+            raise ValueError(f"neighbourhoods holds unit indices in [{lo}, {hi}], expected indices in [0, {n})")
+        return nb.to(torch.int64)
+
+    # ----------------------------------------------------------------------------------------------- builders
+    @classmethod
+    def retinotopic(
+        cls,
+        channels: int,
+        height: int,
+        width: int,
+        side_mm: float,
+        neighbourhood_width_mm: float,
+        overlap: float = 1.0,
+        jitter: float = 0.1,
+        seed: int = 0,
+        num_neighbourhoods: int = 20000,
+        max_units: int = 500,
+        min_units: int = 25,
+        percentile: float = 5.0,
+    ) -> "CorticalSheet":
+        """A sheet with retinotopic initial positions (see :func:`retinotopic_positions`) and neighbourhoods."""
+        positions = retinotopic_positions(channels, height, width, side_mm, overlap=overlap, jitter=jitter, seed=seed)
+        neighbourhoods = sample_neighbourhoods(
+            positions, side_mm, neighbourhood_width_mm, num_neighbourhoods, max_units, min_units, percentile, seed
+        )
+        return cls(positions, side_mm, neighbourhood_width_mm, neighbourhoods, shape=(channels, height, width))
+
+    def compute_neighbourhoods(
+        self,
+        num_neighbourhoods: int = 20000,
+        max_units: int = 500,
+        min_units: int = 25,
+        percentile: float = 5.0,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Neighbourhood table (K, M) for the current positions (DESIGN §3); does not modify the sheet."""
+        nb = sample_neighbourhoods(
+            self.positions, self.side_mm, self.neighbourhood_width_mm, num_neighbourhoods, max_units, min_units,
+            percentile, seed,
+        )
+        return nb.to(self.positions.device)
+
+    def with_positions(self, positions, **neighbourhood_kwargs) -> "CorticalSheet":
+        """A new sheet with ``positions`` (same unit count) and neighbourhoods recomputed for them."""
+        positions = check_positions(positions, "positions", num_units=self.num_units)
+        nb = sample_neighbourhoods(positions, self.side_mm, self.neighbourhood_width_mm, **neighbourhood_kwargs)
+        return CorticalSheet(positions, self.side_mm, self.neighbourhood_width_mm, nb, shape=self.shape).to(
+            self.positions.device
+        )
+
+    # ------------------------------------------------------------------------------------------- properties
+    @property
+    def num_units(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def num_neighbourhoods(self) -> int:
+        return int(self.neighbourhoods.shape[0])
+
+    @property
+    def neighbourhood_size(self) -> int:
+        return int(self.neighbourhoods.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.positions.device
+
+    def to(self, device) -> "CorticalSheet":
+        """A sheet whose tensors live on ``device`` (tensors are shared when already there)."""
+        out = object.__new__(CorticalSheet)
+        out.positions = self.positions.to(device)
+        out.neighbourhoods = self.neighbourhoods.to(device)
+        out.side_mm, out.neighbourhood_width_mm, out.shape = self.side_mm, self.neighbourhood_width_mm, self.shape
+        return out
+
+    def clone(self) -> "CorticalSheet":
+        out = self.to(self.device)
+        out.positions, out.neighbourhoods = self.positions.clone(), self.neighbourhoods.clone()
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"CorticalSheet(units={self.num_units}, shape={self.shape}, side_mm={self.side_mm:g}, "
+            f"neighbourhood_width_mm={self.neighbourhood_width_mm:g}, neighbourhoods={tuple(self.neighbourhoods.shape)})"
+        )
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def state(self) -> dict:
+        """A plain dict (tensors on the CPU, primitives) that :meth:`from_state` turns back into a sheet."""
+        return {
+            "format": SHEET_FORMAT,
+            "version": SHEET_VERSION,
+            "positions": self.positions.detach().cpu(),
+            "neighbourhoods": self.neighbourhoods.detach().cpu(),
+            "side_mm": self.side_mm,
+            "neighbourhood_width_mm": self.neighbourhood_width_mm,
+            "shape": list(self.shape) if self.shape is not None else None,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "CorticalSheet":
+        if not isinstance(state, dict) or state.get("format") != SHEET_FORMAT:
+            raise ValueError("state is not a saved CorticalSheet (missing or wrong 'format' field)")
+        if state.get("version") != SHEET_VERSION:
+            raise ValueError(f"unsupported CorticalSheet file version {state.get('version')!r}; expected {SHEET_VERSION}")
+        return cls(
+            state["positions"], state["side_mm"], state["neighbourhood_width_mm"], state["neighbourhoods"],
+            shape=state["shape"],
+        )
+
+    def save(self, path) -> None:
+        """Write the sheet to one versioned file, atomically (temp file in the same folder, then rename)."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-sheet-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(self.state(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "CorticalSheet":
+        state = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        return cls.from_state(state)

@@ -1,0 +1,126 @@
+"""SpatialLoss: weighted multi-layer sum, buffers, sampling, freezing, state and errors."""
+import numpy as np
+import pytest
+import torch
+
+from tdann_fast import CorticalSheet, SpatialLoss, spatial_correlation_loss
+
+from _np_reference import layer_loss as np_layer_loss
+
+
+def _sheets():
+    return {
+        "a.0": CorticalSheet.retinotopic(6, 4, 4, 3.0, 1.2, num_neighbourhoods=100, min_units=8, seed=1),
+        "b": CorticalSheet.retinotopic(10, 3, 3, 2.0, 0.9, num_neighbourhoods=100, min_units=8, seed=2),
+    }
+
+
+def _features(rng, b=5):
+    return {"a.0": torch.tensor(rng.normal(size=(b, 6, 3, 4, 4))), "b": torch.tensor(rng.normal(size=(b, 10, 3, 3)))}
+
+
+def test_weighted_sum_of_layers_matches_reference(rng):
+    sheets = _sheets()
+    loss = SpatialLoss(sheets, alpha={"a.0": 0.25, "b": 2.0}, neighbourhoods_per_step=3, seed=4)
+    feats = _features(rng)
+    total = loss(feats)
+    # replay the sampler to know which rows were drawn
+    gen = torch.Generator().manual_seed(4)
+    expected = 0.0
+    for name, w in (("a.0", 0.25), ("b", 2.0)):
+        table = sheets[name].neighbourhoods
+        rows = table[torch.randint(table.shape[0], (3,), generator=gen)]
+        value = np_layer_loss(feats[name].numpy(), sheets[name].positions.double().numpy(), rows.numpy())
+        assert loss.last_layer_losses[name].item() == pytest.approx(value, abs=1e-10)
+        expected += w * value
+    assert total.item() == pytest.approx(expected, abs=1e-10)
+
+
+def test_buffers_state_dict_and_resume_sampling(rng):
+    loss = SpatialLoss(_sheets(), alpha=0.5, seed=11)
+    names = set(dict(loss.named_buffers()))
+    assert {"sheets.a__0.positions", "sheets.a__0.neighbourhoods", "sheets.b.positions", "alpha"} <= names
+    assert list(loss.parameters()) == []
+    feats = _features(rng)
+    loss(feats)
+    state = loss.state_dict()
+    nxt = loss(feats)
+    fresh = SpatialLoss(_sheets(), alpha=0.5, seed=999)
+    fresh.load_state_dict(state)
+    assert fresh(feats).item() == pytest.approx(nxt.item())  # sampler resumes where it was saved
+
+
+def test_to_moves_buffers():
+    loss = SpatialLoss(_sheets()).to(torch.float64)
+    assert loss.positions("b").dtype == torch.float64  # buffers follow .to()
+    assert loss.neighbourhoods("b").dtype == torch.int64
+
+
+def test_freeze_and_set_sheet():
+    sheets = _sheets()
+    loss = SpatialLoss(sheets)
+    new = sheets["b"].with_positions(sheets["b"].positions.flip(0), num_neighbourhoods=50, min_units=8)
+    loss.set_sheet("b", new)
+    assert torch.equal(loss.positions("b"), new.positions)
+    assert loss.neighbourhoods("b").shape == new.neighbourhoods.shape
+    loss.freeze()
+    assert loss.frozen
+    with pytest.raises(RuntimeError, match="frozen"):
+        loss.set_sheet("b", sheets["b"])
+    state = loss.state_dict()
+    other = SpatialLoss(_sheets())
+    other.load_state_dict(state)  # a neighbourhood table of another size is adopted
+    assert other.frozen and torch.equal(other.positions("b"), new.positions)
+
+
+def test_no_collective_without_process_group(rng):
+    loss = SpatialLoss(_sheets(), gather_distributed=True)
+    assert torch.isfinite(loss(_features(rng)))
+
+
+def test_matches_functional_form(rng):
+    sheets = _sheets()
+    loss = SpatialLoss({"b": sheets["b"]}, seed=3, time_reduction="dual")
+    feats = {"b": torch.tensor(rng.normal(size=(6, 10, 3, 3)))}
+    value = loss(feats)
+    rows = sheets["b"].neighbourhoods[torch.randint(sheets["b"].num_neighbourhoods, (1,),
+                                                    generator=torch.Generator().manual_seed(3))]
+    assert value.item() == pytest.approx(
+        spatial_correlation_loss(feats["b"], sheets["b"].positions.double(), rows, time_reduction="dual").item()
+    )
+
+
+class TestErrors:
+    def test_construction(self):
+        with pytest.raises(ValueError, match="non-empty"):
+            SpatialLoss({})
+        with pytest.raises(TypeError, match="CorticalSheet"):
+            SpatialLoss({"a": torch.zeros(3)})
+        with pytest.raises(KeyError, match="no weight for layers"):
+            SpatialLoss(_sheets(), alpha={"a.0": 1.0})
+        with pytest.raises(KeyError, match="unknown layers"):
+            SpatialLoss(_sheets(), alpha={"a.0": 1.0, "b": 1.0, "c": 1.0})
+        with pytest.raises(ValueError, match="alpha for layer"):
+            SpatialLoss(_sheets(), alpha=-1.0)
+        with pytest.raises(ValueError, match="neighbourhoods_per_step"):
+            SpatialLoss(_sheets(), neighbourhoods_per_step=0)
+        with pytest.raises(ValueError, match="variant"):
+            SpatialLoss(_sheets(), variant="x")
+
+    def test_forward(self, rng):
+        loss = SpatialLoss(_sheets())
+        feats = _features(rng)
+        with pytest.raises(KeyError, match=r"missing \['b'\]"):
+            loss({"a.0": feats["a.0"]})
+        with pytest.raises(KeyError, match=r"unknown \['c'\]"):
+            loss({**feats, "c": feats["b"]})
+        with pytest.raises(ValueError, match="has 60 units"):
+            loss({**feats, "b": torch.randn(5, 60)})
+        with pytest.raises(ValueError, match="at least 3 samples"):
+            loss({"a.0": feats["a.0"][:2], "b": feats["b"][:2]})
+        bad = feats["b"].clone()
+        bad[:] = float("nan")
+        with pytest.raises(ValueError, match="non-finite"):
+            loss({**feats, "b": bad})
+        with pytest.raises(KeyError, match="unknown layer name"):
+            loss.positions("zzz")
