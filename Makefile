@@ -7,7 +7,7 @@ PKG_STAMP   := $(VENV)/.pkg-installed
 EXT_SOURCES := $(shell find csrc -type f 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench bench-gpu clean
+.PHONY: setup test demo bench bench-gpu bench-swap bench-swap-gpu clean
 
 setup: $(PKG_STAMP)
 
@@ -30,6 +30,20 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_loss.py
+
+# GPU benchmarks (issue 3): loss fwd+bwd (fp32 and bf16) and the r3d_18 training-step overhead, one JSON per device
+bench-gpu: setup
+	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu needs a CUDA device')"
+	$(BIN)/python benchmarks/bench_loss.py --device cuda --dtype fp32
+	$(BIN)/python benchmarks/bench_loss.py --device cuda --dtype bf16
+	$(BIN)/python benchmarks/bench_step.py
+
+bench-swap: setup
+	$(BIN)/python benchmarks/bench_swap.py
+
+bench-swap-gpu: setup
+	FORCE_CUDA=1 $(BIN)/python setup.py build_ext --inplace
+	$(BIN)/python benchmarks/bench_swap.py --gpu
 
 clean:
 	rm -rf build *.egg-info tdann_fast/_C*.so

@@ -19,12 +19,19 @@ def _extensions():
     if not cpu_sources:
         return [], {}
     import torch
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     # -ffp-contract=off: no fused multiply-add, so the swap decisions match the NumPy reference bit for bit.
     cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    # csrc/cuda: device code in *.cu (nvcc), its ATen host side in *.cpp (C++ compiler); only with CUDA
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + sorted(
+        glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
+    )
     with_cuda = bool(cuda_sources) and (torch.cuda.is_available() or os.environ.get("FORCE_CUDA", "0") == "1")
+    if with_cuda:  # before importing cpp_extension, which reads CUDA_HOME at import
+        os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
     if not with_cuda:
         ext = CppExtension(
             "tdann_fast._C",
@@ -33,17 +40,16 @@ def _extensions():
             extra_link_args=["-fopenmp"],
         )
         return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
-    os.environ.setdefault("CUDA_HOME", "/usr/local/cuda")
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     from torch.utils.cpp_extension import CUDAExtension
 
-    include_dirs = [d for d in glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))]
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    include_dirs = sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "include")))  # cusparse.h of the wheels
     ext = CUDAExtension(
         "tdann_fast._C",
         cpu_sources + cuda_sources,
         include_dirs=include_dirs,
         define_macros=[("WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--fmad=false", "-DWITH_CUDA"]},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--fmad=false", "-DWITH_CUDA", "-Xcompiler", "-fopenmp"]},
         extra_link_args=["-fopenmp"],
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}

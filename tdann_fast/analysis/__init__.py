@@ -1,0 +1,35 @@
+"""Physiology analysis of topographic models (DESIGN §7): grating stimuli, tuning metrics, preference maps,
+pinwheels, figures and the report.
+
+Main entry points: :func:`analyze_checkpoint`, :func:`analyze_model`, :func:`tuning_metrics`, :func:`pinwheels`.
+Submodules are imported lazily (``import tdann_fast.analysis`` stays cheap).
+"""
+from importlib import import_module
+
+_LAZY = {
+    "DriftingGratings": "stimuli", "StaticGratings": "stimuli",
+    "TuningMetrics": "tuning", "tuning_metrics": "tuning", "fit_von_mises": "tuning", "von_mises_fwhm": "tuning",
+    "population_tuning_curve": "tuning",
+    "PinwheelResult": "pinwheels", "pinwheels": "pinwheels", "smooth_vector_field": "pinwheels",
+    "winding_numbers": "pinwheels", "angles_to_vectors": "pinwheels",
+    "adjacent_differences": "neighbours", "smoothness_curve": "neighbours",
+    "GratingResponses": "responses", "grating_responses": "responses", "layer_responses": "responses",
+    "analyze_model": "analyze", "analyze_checkpoint": "analyze", "analyze_random_init": "analyze",
+    "sweep_report": "sweep", "write_report": "report",
+    "MT_REFERENCES": "references", "V1_REFERENCES": "references",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'tdann_fast.analysis' has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

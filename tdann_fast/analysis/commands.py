@@ -1,0 +1,117 @@
+"""``tdann-fast analyze`` and ``tdann-fast sweep-report``: call :func:`register` on the CLI's subparsers.
+
+Each subcommand sets ``func`` (``args.func(args) -> int`` exit status) with ``parser.set_defaults``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+__all__ = ["register", "run_analyze", "run_sweep_report"]
+
+
+def _floats(text: str):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def register(subparsers) -> None:
+    """Add the ``analyze`` and ``sweep-report`` subcommands to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "analyze", help="drifting-grating analysis of a checkpoint: metrics.json, PNG figures, report.md",
+        description="Run drifting gratings (16 directions) through the analysed layer and write metrics.json, "
+                    "figures and report.md. Use --random-init for an untrained r3d_18 (or resnet18) baseline.")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file or run directory (omit with --random-init)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--layer", default=None, help="analysed layer (default layer3.1; layer2.1 for resnet18)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--random-init", action="store_true", help="analyse a randomly initialised model")
+    p.add_argument("--arch", default="r3d_18", choices=["r3d_18", "resnet18"], help="model for --random-init")
+    p.add_argument("--frames", type=int, default=8, help="clip length for --random-init (default 8)")
+    p.add_argument("--size", type=int, default=None, help="clip side for --random-init (default 64; 224 resnet18)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--sigma-mm", type=float, default=None, help="map smoothing width (default 3/sqrt(density))")
+    p.add_argument("--selective-threshold", type=float, default=0.5, help="DSI threshold (default 0.5)")
+    p.add_argument("--directions", type=int, default=None, help="number of directions (default 16)")
+    p.add_argument("--spatial-freqs", type=_floats, default=None, help="cycles/image, e.g. 2,4,8")
+    p.add_argument("--temporal-freqs", type=_floats, default=None, help="cycles/frame, e.g. 0.0625,0.125")
+    p.add_argument("--phases", type=int, default=None, help="phases per condition (default 2)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_analyze)
+
+    s = subparsers.add_parser("sweep-report", help="alpha-sweep plots from several analysed runs",
+                              description="Read metrics.json of every RUN_DIR and plot selective fraction, median "
+                                          "bandwidth, median CV, median DSI and pinwheel density against alpha.")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--alphas", type=_floats, default=None, help="alpha of each run (default: from metrics.json)")
+    s.set_defaults(func=run_sweep_report)
+
+
+def _stimulus_kw(args, video: bool) -> dict:
+    kw = {}
+    if args.directions is not None:
+        kw["num_directions" if video else "num_orientations"] = args.directions
+    if args.spatial_freqs:
+        kw["spatial_freqs"] = tuple(args.spatial_freqs)
+    if args.temporal_freqs and video:
+        kw["temporal_freqs"] = tuple(args.temporal_freqs)
+    if args.phases is not None:
+        kw["num_phases"] = args.phases
+    return kw
+
+
+def _print_summary(m) -> None:
+    t, pw = m["tuning"], m["pinwheels"]
+    print(f"{m['model']} {m['layer']}: {t['num_units']} units, selective {t['selective_fraction']:.3f}, "
+          f"median {'DSI' if m['kind'] == 'direction' else 'OSI'} {t['median_dsi']:.3f}, median CV {t['median_circular_variance']:.3f}, "
+          f"median FWHM {t['median_fwhm_deg']:.1f} deg, pinwheels {pw['density_per_mm2']:.2f}/mm2 "
+          f"({m['timing_s']['total']:.1f} s)")
+    print(f"report: {m['files']['report']}")
+
+
+def run_analyze(args) -> int:
+    from .analyze import analyze_checkpoint, analyze_random_init
+
+    common = dict(batch_size=args.batch_size, sigma_mm=args.sigma_mm, selective_threshold=args.selective_threshold)
+    if args.random_init:
+        if args.checkpoint:
+            raise ValueError("give either a checkpoint or --random-init, not both")
+        video = args.arch == "r3d_18"
+        size = args.size or (64 if video else 224)
+        m = analyze_random_init(args.out, arch=args.arch, frames=args.frames, size=size, layer=args.layer,
+                                seed=args.seed, device=args.device, progress=not args.no_progress,
+                                **common, **_stimulus_kw(args, video))
+    else:
+        if not args.checkpoint:
+            raise ValueError("analyze needs a CHECKPOINT (file or run directory) or --random-init")
+        m = analyze_checkpoint(args.checkpoint, args.out, layer=args.layer or "layer3.1", device=args.device,
+                               progress=not args.no_progress, **common, **_stimulus_kw(args, True))
+    _print_summary(m)
+    return 0
+
+
+def run_sweep_report(args) -> int:
+    from .sweep import sweep_report
+
+    res = sweep_report(args.run_dirs, args.out, alphas=args.alphas)
+    for r in res["rows"]:
+        print(f"alpha {r['alpha']:g}: selective {r['selective_fraction']:.3f}, median DSI {r['median_dsi']:.3f}, "
+              f"pinwheels {r['pinwheel_density_per_mm2']:.2f}/mm2")
+    print(f"sweep plots: {res['files']['png']}")
+    return 0
+
+
+def main(argv=None) -> int:  # pragma: no cover - convenience when cli.py is absent
+    parser = argparse.ArgumentParser(prog="tdann-fast")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

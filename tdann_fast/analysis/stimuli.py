@@ -1,0 +1,174 @@
+"""Grating stimuli: drifting sine gratings (video models) and static gratings (image models), DESIGN §7.
+
+Geometry: x runs to the right along image columns, y runs **up** (against the row index), so a direction θ is
+counter-clockwise on screen: θ = 0 moves rightwards, θ = 90° upwards. Spatial frequencies are in cycles per image
+width (so a stimulus set means the same at 64 and 112 pixels); temporal frequencies in cycles per frame.
+A drifting grating of direction θ is ``0.5 + 0.5·c·sin(2π(f·(x cosθ + y sinθ) - tf·t) + φ)`` in [0, 1], then
+normalised per channel with the model's ``mean`` and ``std`` (grey, identical in all three channels).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["DriftingGratings", "StaticGratings", "KINETICS_MEAN", "KINETICS_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_triple(v, name):
+    t = tuple(float(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"{name} must hold 3 numbers (one per RGB channel), got {v!r}")
+    if name == "std" and any(x <= 0 for x in t):
+        raise ValueError(f"std must be positive, got {v!r}")
+    return t
+
+
+def _check_positive_list(v, name):
+    t = tuple(float(x) for x in (v if isinstance(v, (list, tuple, np.ndarray)) else [v]))
+    if not t or any(not (x > 0 and math.isfinite(x)) for x in t):
+        raise ValueError(f"{name} must be a non-empty list of positive numbers, got {v!r}")
+    return t
+
+
+@dataclass
+class DriftingGratings:
+    """Full-field drifting sine gratings: ``directions`` × ``spatial_freqs`` × ``temporal_freqs`` × ``phases``.
+
+    Stimulus ``i`` enumerates (direction, sf, tf, phase) in C order (see :meth:`conditions`). Clips are made on
+    demand in batches (:meth:`batches`), shape (B, 3, frames, size, size), float32, normalised.
+    """
+
+    frames: int = 16
+    size: int = 112
+    num_directions: int = 16
+    spatial_freqs: Sequence[float] = (2.0, 4.0, 8.0)    # cycles per image width
+    temporal_freqs: Sequence[float] = (0.0625, 0.125)   # cycles per frame
+    num_phases: int = 2
+    contrast: float = 1.0
+    mean: Sequence[float] = KINETICS_MEAN
+    std: Sequence[float] = KINETICS_STD
+
+    def __post_init__(self):
+        for name in ("frames", "size", "num_directions", "num_phases"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.num_directions < 4 or self.num_directions % 2:
+            raise ValueError(f"num_directions must be an even integer >= 4, got {self.num_directions}")
+        self.spatial_freqs = _check_positive_list(self.spatial_freqs, "spatial_freqs")
+        self.temporal_freqs = _check_positive_list(self.temporal_freqs, "temporal_freqs")
+        if not (0 < float(self.contrast) <= 1):
+            raise ValueError(f"contrast must be in (0, 1], got {self.contrast!r}")
+        self.mean = _check_triple(self.mean, "mean")
+        self.std = _check_triple(self.std, "std")
+
+    period = 2 * math.pi
+
+    @property
+    def directions(self) -> np.ndarray:
+        """Directions of motion in radians, ``2π k / num_directions``."""
+        return np.arange(self.num_directions) * (2 * math.pi / self.num_directions)
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """(directions, spatial freqs, temporal freqs, phases)."""
+        return (self.num_directions, len(self.spatial_freqs), len(self.temporal_freqs), self.num_phases)
+
+    def __len__(self) -> int:
+        return int(np.prod(self.shape))
+
+    def conditions(self) -> np.ndarray:
+        """(len, 4) array of (direction rad, sf, tf, phase rad) in stimulus order."""
+        phases = np.arange(self.num_phases) * (2 * math.pi / self.num_phases)
+        return np.array(list(itertools.product(self.directions, self.spatial_freqs, self.temporal_freqs, phases)))
+
+    def clips(self, indices: Sequence[int]) -> torch.Tensor:
+        cond = torch.as_tensor(self.conditions()[np.asarray(indices)], dtype=torch.float32)
+        th, sf, tf, ph = (cond[:, i].view(-1, 1, 1, 1) for i in range(4))
+        coords = (torch.arange(self.size, dtype=torch.float32) + 0.5) / self.size  # image widths
+        x = coords.view(1, 1, 1, -1)
+        y = (1.0 - coords).view(1, 1, -1, 1)  # y up
+        t = torch.arange(self.frames, dtype=torch.float32).view(1, -1, 1, 1)
+        arg = 2 * math.pi * (sf * (x * torch.cos(th) + y * torch.sin(th)) - tf * t) + ph
+        lum = 0.5 + 0.5 * float(self.contrast) * torch.sin(arg)  # (B, T, H, W)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1, 1)
+        return (lum.unsqueeze(1) - mean) / std
+
+    def batches(self, batch_size: int = 16) -> Iterator[torch.Tensor]:
+        for s in range(0, len(self), batch_size):
+            yield self.clips(range(s, min(s + batch_size, len(self))))
+
+
+@dataclass
+class StaticGratings:
+    """Static sine gratings for image models: ``orientations`` × ``spatial_freqs`` × ``phases``.
+
+    Orientation θ in [0, π) is the direction of the grating's wave vector (the bars run perpendicular to it).
+    Images (B, 3, size, size), float32, normalised.
+    """
+
+    size: int = 224
+    num_orientations: int = 8
+    spatial_freqs: Sequence[float] = (4.0, 8.0, 16.0, 32.0)   # cycles per image width
+    num_phases: int = 4
+    contrast: float = 1.0
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+
+    def __post_init__(self):
+        for name in ("size", "num_orientations", "num_phases"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.num_orientations < 4 or self.num_orientations % 2:
+            raise ValueError(f"num_orientations must be an even integer >= 4, got {self.num_orientations}")
+        self.spatial_freqs = _check_positive_list(self.spatial_freqs, "spatial_freqs")
+        if not (0 < float(self.contrast) <= 1):
+            raise ValueError(f"contrast must be in (0, 1], got {self.contrast!r}")
+        self.mean = _check_triple(self.mean, "mean")
+        self.std = _check_triple(self.std, "std")
+
+    period = math.pi
+
+    @property
+    def directions(self) -> np.ndarray:
+        """Orientations in radians, ``π k / num_orientations``."""
+        return np.arange(self.num_orientations) * (math.pi / self.num_orientations)
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """(orientations, spatial freqs, 1, phases) -- the same layout as drifting gratings (one 'tf')."""
+        return (self.num_orientations, len(self.spatial_freqs), 1, self.num_phases)
+
+    def __len__(self) -> int:
+        return int(np.prod(self.shape))
+
+    def conditions(self) -> np.ndarray:
+        phases = np.arange(self.num_phases) * (2 * math.pi / self.num_phases)
+        return np.array(list(itertools.product(self.directions, self.spatial_freqs, [0.0], phases)))
+
+    def clips(self, indices: Sequence[int]) -> torch.Tensor:
+        cond = torch.as_tensor(self.conditions()[np.asarray(indices)], dtype=torch.float32)
+        th, sf, _, ph = (cond[:, i].view(-1, 1, 1) for i in range(4))
+        coords = (torch.arange(self.size, dtype=torch.float32) + 0.5) / self.size
+        x = coords.view(1, 1, -1)
+        y = (1.0 - coords).view(1, -1, 1)
+        lum = 0.5 + 0.5 * float(self.contrast) * torch.sin(2 * math.pi * sf * (x * torch.cos(th) + y * torch.sin(th)) + ph)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (lum.unsqueeze(1) - mean) / std
+
+    def batches(self, batch_size: int = 32) -> Iterator[torch.Tensor]:
+        for s in range(0, len(self), batch_size):
+            yield self.clips(range(s, min(s + batch_size, len(self))))

@@ -1,0 +1,70 @@
+"""Loader of the compiled ``tdann_fast._C`` extension and the list of available swap backends.
+
+``reference`` (NumPy) is always available; ``cpp`` needs the extension built (``setup.py build_ext`` or
+``pip install -e .``); ``cuda`` needs an extension built with CUDA (a GPU present or ``FORCE_CUDA=1`` at build
+time) and a CUDA device at run time.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+BACKENDS = ("auto", "reference", "cpp", "cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def _load():
+    try:
+        from tdann_fast import _C  # type: ignore[attr-defined]
+    except ImportError as exc:  # not built, or built against another torch
+        return None, f"{type(exc).__name__}: {exc}"
+    return _C, None
+
+
+def extension():
+    """The ``tdann_fast._C`` module, or None when it cannot be imported."""
+    return _load()[0]
+
+
+def extension_error() -> Optional[str]:
+    """Why the extension could not be imported (None when it was)."""
+    return _load()[1]
+
+
+def cuda_compiled() -> bool:
+    ext = extension()
+    return bool(ext is not None and getattr(ext, "with_cuda", False))
+
+
+def available_backends() -> list:
+    """Backends usable in this process, fastest last: ``["reference", "cpp", "cuda"]`` at most."""
+    out = ["reference"]
+    if extension() is not None:
+        out.append("cpp")
+        if cuda_compiled():
+            import torch
+
+            if torch.cuda.is_available():
+                out.append("cuda")
+    return out
+
+
+def resolve(backend: str) -> str:
+    """Map "auto" to the fastest available backend; raise a clear error for an unavailable one."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    avail = available_backends()
+    if backend == "auto":
+        return avail[-1]
+    if backend not in avail:
+        if backend == "cpp":
+            why = f"the extension tdann_fast._C could not be imported ({extension_error()}); build it with " \
+                  "`python setup.py build_ext --inplace` or `pip install --no-build-isolation -e .`"
+        elif extension() is None:
+            why = f"the extension tdann_fast._C could not be imported ({extension_error()})"
+        elif not cuda_compiled():
+            why = "tdann_fast._C was built without CUDA (rebuild with a GPU present or FORCE_CUDA=1)"
+        else:
+            why = "no CUDA device is available"
+        raise RuntimeError(f"swap backend {backend!r} is not available: {why}. Available: {avail}")
+    return backend

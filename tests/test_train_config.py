@@ -1,0 +1,44 @@
+"""Config loading: YAML + key=value overrides, shipped configs, clear errors."""
+import pytest
+
+from tdann_fast.train.config import TrainConfig, config_from_dict, load_config, parse_overrides, resolve_config_path
+
+
+@pytest.mark.parametrize("name", ["smoke", "demo", "mt_gpu", "mt_full"])
+def test_shipped_configs_load(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, TrainConfig)
+    assert resolve_config_path(name).suffix == ".yaml"
+
+
+def test_overrides_nested():
+    cfg = load_config("smoke", ["batch_size=6", "data.frames=3", "spatial.alpha={layer3.1: 0.25}",
+                                "pretrain.steps=9", "swap.grating_spatial_freqs=[0.1,0.2]"])
+    assert cfg.batch_size == 6 and cfg.data.frames == 3 and cfg.pretrain.steps == 9
+    assert cfg.spatial.alpha == {"layer3.1": 0.25} and cfg.swap.grating_spatial_freqs == [0.1, 0.2]
+    assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_errors_name_the_key():
+    with pytest.raises(KeyError, match="data.frams"):
+        load_config("smoke", ["data.frams=3"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["batch_size"])
+    with pytest.raises(ValueError, match="batch_size"):
+        config_from_dict({"batch_size": 2})
+    with pytest.raises(ValueError, match="data.root"):
+        config_from_dict({"data": {"source": "folder"}})
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_config("nope")
+
+
+def test_cli_parses_subcommands_and_overrides():
+    from tdann_fast.cli import build_parser
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(["swap", "ck.pt", "--out", "d", "swap.steps=5"])
+    assert args.checkpoint == "ck.pt" and args.out == "d" and (args.overrides + extra) == ["swap.steps=5"]
+    args = parser.parse_args(["train", "--config", "smoke", "--resume", "batch_size=4"])
+    assert args.resume and args.overrides == ["batch_size=4"] and args.stop_after == 6
+    args = parser.parse_args(["demo"])
+    assert args.config == "demo"
