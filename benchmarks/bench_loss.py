@@ -6,10 +6,12 @@ Providers:
                         neighbourhoods; per neighbourhood a corrcoef-style correlation matrix, a tril index gather,
                         the similarity matrix from ``cdist`` and a Pearson correlation (same dead-unit rule);
 * ``tdann_compile``  -- the same per-neighbourhood function under ``torch.compile``;
-* ``torch_batched``  -- this package's batched PyTorch path (``spatial_correlation_loss(..., backend="torch")``);
+* ``torch_batched``  -- this package's batched PyTorch path for all layers (``layer_losses(..., backend="torch")``,
+                        what ``SpatialLoss`` runs on a CPU);
 * ``triton``         -- this package's fused kernels (CUDA only; on CPU they exist only in the slow interpreter).
 
-CPU times: ``torch.utils.benchmark`` medians; GPU: ``triton.testing.do_bench`` medians plus the peak extra memory of
+CPU times: ``torch.utils.benchmark`` medians, in ``--rounds`` interleaved rounds (ratios: medians of per-round
+ratios); GPU: ``triton.testing.do_bench`` medians plus the peak extra memory of
 one step and the fraction of the physical floor reached (floor = 2 launches + the sampled activations read twice and
 their gradient written once, over the measured copy bandwidth). Results: a table with ratios to ``tdann_eager`` and
 ``benchmarks/results/<device>.json``.
@@ -20,6 +22,7 @@ their gradient written once, over the measured copy bandwidth). Results: a table
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -69,17 +72,18 @@ _COMPILED = {}
 
 def compiled_total(feats, positions, neighbourhoods):
     if "fn" not in _COMPILED:
+        # one specialisation per (layer, batch) shape: 8 layers x 2 batch sizes exceed the default recompile limit
+        # (8), after which dynamo would silently run the rest eagerly
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _COMPILED["fn"] = torch.compile(tdann_neighbourhood_loss, dynamic=False)
     return tdann_total(feats, positions, neighbourhoods, _COMPILED["fn"])
 
 
 def batched_total(feats, positions, neighbourhoods):
-    from tdann_fast.loss import spatial_correlation_loss
+    """All layers at once, as ``SpatialLoss`` computes them (layers with equal M share one batched call)."""
+    from tdann_fast.loss.functional import layer_losses
 
-    total = 0.0
-    for f, p, nbs in zip(feats, positions, neighbourhoods):
-        total = total + spatial_correlation_loss(f, p, nbs, backend="torch", check_inputs=False)
-    return total
+    return layer_losses(feats, positions, neighbourhoods, "rel", "mean", "torch").sum()
 
 
 def triton_total(feats, positions, neighbourhoods):
@@ -158,8 +162,7 @@ def run(args) -> dict:
         for k in ks:
             feats, positions, neighbourhoods = make_workload(batch, k, device, dtype, args.frames)
             nbytes = sampled_bytes(feats, neighbourhoods)
-            base_ms = None
-            values = {}
+            values, steps, samples = {}, {}, {name: [] for name in providers}
             for name in providers:
                 fn_total = PROVIDERS[name]
 
@@ -170,14 +173,22 @@ def run(args) -> dict:
 
                 loss, _ = step()
                 values[name] = float(loss.detach())
-                ms = time_ms(step, device, min_run_time=args.min_run_time)
-                mem = peak_extra_mb(step, device)
+                steps[name] = step
+            # Rounds interleave the providers (rotating the order), so that slow phases of a shared machine hit
+            # every provider alike; ratios are medians of the per-round ratios.
+            for r in range(args.rounds):
+                order = providers[r % len(providers):] + providers[:r % len(providers)]
+                for name in order:
+                    samples[name].append(time_ms(steps[name], device, min_run_time=args.min_run_time))
+            for name in providers:
+                ms = statistics.median(samples[name])
+                mem = peak_extra_mb(steps[name], device)
                 grad_mb = sum(f.numel() * f.element_size() for f in feats) / 2**20
-                if name == "tdann_eager":
-                    base_ms = ms
-                row = {"provider": name, "B": batch, "K": k, "ms": round(ms, 3),
-                       "vs_eager": round(base_ms / ms, 2) if base_ms else "",
-                       "loss": round(values[name], 6)}
+                ratio = ""
+                if "tdann_eager" in samples:
+                    ratio = round(statistics.median(e / x for e, x in zip(samples["tdann_eager"], samples[name])), 2)
+                row = {"provider": name, "B": batch, "K": k, "ms": round(ms, 3), "vs_eager": ratio,
+                       "loss": round(values[name], 6), "rounds_ms": [round(x, 2) for x in samples[name]]}
                 if mem is not None:
                     row["peak_extra_MiB"] = round(mem, 1)
                     row["workspace_MiB"] = round(mem - grad_mb, 1)  # beyond the returned feature gradients
@@ -186,7 +197,8 @@ def run(args) -> dict:
                     row["floor_ms"] = round(floor_ms, 4)
                     row["floor_fraction"] = round(floor_ms / ms, 3)
                 rows.append(row)
-                print(f"  {name:14s} B={batch:4d} K={k:3d}: {ms:10.3f} ms  loss={values[name]:.6f}", flush=True)
+                print(f"  {name:14s} B={batch:4d} K={k:3d}: {ms:10.3f} ms  x{ratio} vs eager  loss={values[name]:.6f}",
+                      flush=True)
             ref = values.get("tdann_eager")
             if ref is not None:
                 for name, v in values.items():
@@ -202,7 +214,7 @@ def run(args) -> dict:
                             "variant": "rel", "time_reduction": "mean", "pass": "forward+backward",
                             "timer": "triton.testing.do_bench median" if device.type == "cuda"
                             else "torch.utils.benchmark median"},
-               "floor": floor, "rows": rows}
+               "rounds": args.rounds, "min_run_time_s": args.min_run_time, "floor": floor, "rows": rows}
     out = write_results(device, f"bench_loss_{args.dtype}", payload, args.output)
     print(f"\nwrote {out}")
     return payload
@@ -219,8 +231,14 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small grid (B=32, K in {1, 8})")
     ap.add_argument("--full", action="store_true", help="CPU: the full grid including K = 32 (slow)")
     ap.add_argument("--min-run-time", type=float, default=0.5, help="CPU: seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved measurements per provider (default: 5 on CPU, 1 on GPU); medians reported")
     ap.add_argument("--output", default=None, help="JSON path (default benchmarks/results/<device>.json)")
     args = ap.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if torch.device(args.device).type == "cuda" else 5
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     print(environment(torch.device(args.device)))
     run(args)
 

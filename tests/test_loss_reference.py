@@ -143,12 +143,6 @@ def test_batched_equals_per_neighbourhood_mean(rng):
     assert spatial_correlation_loss(xt, pos, torch.tensor(nb)).item() == pytest.approx(torch.stack(per).mean().item())
 
 
-def test_tril_indices_are_cached():
-    a = reference.tril_flat_indices(7, "cpu")
-    assert a is reference.tril_flat_indices(7, torch.device("cpu"))
-    assert a.numel() == 21 and bool((a // 7 > a % 7).all())
-
-
 class TestErrors:
     def setup_method(self):
         self.x = torch.randn(5, 20)

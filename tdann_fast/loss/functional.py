@@ -63,9 +63,7 @@ def layer_losses(
         from .triton_ops import fused_spatial_loss
 
         return fused_spatial_loss(list(features), list(positions), list(neighbourhoods), variant, time_reduction)
-    values: List[torch.Tensor] = [
-        reference.layer_loss(f, p, nb, variant, time_reduction) for f, p, nb in zip(features, positions, neighbourhoods)
-    ]
+    values: List[torch.Tensor] = reference.layer_losses(features, positions, neighbourhoods, variant, time_reduction)
     out_dtype = torch.float64 if all(v.dtype == torch.float64 for v in values) else torch.float32
     return torch.stack([v.to(out_dtype) for v in values])
 
