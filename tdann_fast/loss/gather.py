@@ -60,10 +60,10 @@ class CpuBlockCache:
     """Recycles large CPU gradient blocks between steps, like a caching allocator.
 
     A block goes back to the free list only when the last tensor (or NumPy array) using it has been freed, so a
-    handed-out gradient is never aliased. Reused blocks are cleared with a parallel ``zero_()`` of memory that is
-    already mapped (a memset); new blocks come from ``calloc`` (zero pages from the kernel). At most ``limit_bytes`` are kept
-    on the free lists (default 2048 MiB, environment variable ``TDANN_FAST_CPU_GRAD_CACHE_MB``; 0 disables the
-    reuse); :func:`empty_cache` drops them.
+    handed-out gradient is never aliased. Reused blocks are already mapped and are cleared in place (see
+    :data:`MEMSET_MIN_BYTES`); new blocks come from ``calloc`` (zero pages from the kernel). At most
+    ``limit_bytes`` are kept on the free lists (default 2048 MiB, environment variable
+    ``TDANN_FAST_CPU_GRAD_CACHE_MB``; 0 disables the reuse); :func:`empty_cache` drops them.
     """
 
     def __init__(self, limit_bytes: int):
@@ -86,14 +86,14 @@ class CpuBlockCache:
         with self._lock:
             blocks = self._free.get(nbytes)
             block = blocks.pop() if blocks else None
-            if block is not None:
+            reused = block is not None
+            if reused:
                 self._free_bytes -= nbytes
-        reused = block is not None
-        if block is None:
+                self.reused += 1
+            else:
+                self.allocated += 1
+        if not reused:
             block = np.zeros(nbytes, dtype=np.uint8)  # calloc: zero pages from the kernel, no memset
-            self.allocated += 1
-        else:
-            self.reused += 1
         array = block.view(np_dtype).reshape(shape)  # a new array object; the block stays its base
         weakref.finalize(array, self._release, block)
         tensor = torch.from_numpy(array)
@@ -143,7 +143,7 @@ def zeros_for_gradient(shape: Tuple[int, ...], dtype: torch.dtype, device: torch
     """
     device = torch.device(device)
     if device.type == "cpu" and dtype in _NUMPY_DTYPES:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes >= MIN_CACHED_BYTES:
             return _cache().zeros(tuple(shape), dtype)
     return torch.zeros(shape, dtype=dtype, device=device)

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .._validation import feature_geometry
+from .._validation import VARIANTS, check_choice, feature_geometry
 from .gather import gather_units_flat
 
 DEAD_STD_RELATIVE = 1e-6
@@ -103,15 +103,14 @@ class _NeighbourhoodLoss(torch.autograd.Function):
         corr = torch.baddbmm(torch.empty((), dtype=z.dtype, device=z.device), z, z.transpose(1, 2),
                              beta=0.0, alpha=1.0 / (rows - 1))
         _zero_diagonal_(corr)
+        outside = True  # off the CPU: always mask (no host synchronisation)
+        if corr.device.type == "cpu":
+            low, high = torch.aminmax(corr)
+            outside = bool(low < -1.0) or bool(high > 1.0)
         inside = None
-        if corr.device.type != "cpu":  # no host synchronisation: always mask
+        if outside:
             inside = corr.abs() <= 1.0
             corr.clamp_(-1.0, 1.0)
-        else:
-            low, high = torch.aminmax(corr)
-            if bool(low < -1.0) or bool(high > 1.0):
-                inside = corr.abs() <= 1.0
-                corr.clamp_(-1.0, 1.0)
         ctx.variant, ctx.rows = variant, rows
         if variant == "abs":
             diff = _zero_diagonal_(corr.sub_(similarity))
@@ -163,8 +162,7 @@ def neighbourhood_losses(units: torch.Tensor, unit_positions: torch.Tensor, vari
     Euclidean distances; strict lower triangle. ``"rel"``: (1 - Pearson(R, S)) / 2. ``"abs"``: mean |R - S|.
     Differentiable with respect to ``units`` (first order); positions are constants.
     """
-    if variant not in ("rel", "abs"):
-        raise ValueError(f"variant must be 'rel' or 'abs', got {variant!r}")
+    check_choice(variant, "variant", VARIANTS)
     similarity = similarity_matrix(unit_positions, units.dtype)
     return _NeighbourhoodLoss.apply(units, similarity, variant)
 
@@ -178,6 +176,10 @@ def layer_loss(
 ) -> torch.Tensor:
     """Mean loss over the (K, M) ``neighbourhoods`` of one layer (inputs already validated): a 0-d tensor."""
     return layer_losses([features], [positions], [neighbourhoods], variant, time_reduction)[0]
+
+
+def _cat_without_copy(tensors: List[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def layer_losses(
@@ -210,8 +212,8 @@ def layer_losses(
         groups.setdefault((m, rows, units.dtype, units.device), []).append(t)
     per_task: List[Optional[torch.Tensor]] = [None] * len(tasks)
     for (m, _, _, _), members in groups.items():
-        units = torch.cat([tasks[t][2] for t in members]) if len(members) > 1 else tasks[members[0]][2]
-        unit_positions = torch.cat([tasks[t][3] for t in members]) if len(members) > 1 else tasks[members[0]][3]
+        units = _cat_without_copy([tasks[t][2] for t in members])
+        unit_positions = _cat_without_copy([tasks[t][3] for t in members])
         # chunks of at most GROUP_MATRIX_ELEMENTS matrix entries keep the (K, M, M) temporaries cache- and
         # heap-sized (one huge batch is memory-bound: fresh pages for every temporary)
         step = max(1, GROUP_MATRIX_ELEMENTS // (m * m))
