@@ -4,15 +4,37 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 
-VARIANTS = ("rel", "abs")
-TIME_REDUCTIONS = ("mean", "flatten", "dual")
-BACKENDS = ("auto", "torch", "triton")
+from ._options import LOSS_BACKENDS as BACKENDS
+from ._options import LOSS_VARIANTS as VARIANTS
+from ._options import TIME_REDUCTIONS
+
+
+def check_not_complex(value, name: str):
+    """Raise a TypeError naming ``name`` when ``value`` (a tensor, a NumPy array or scalar, a Python complex or a
+    nested sequence of numbers) holds complex numbers, which every cast to a real dtype would silently truncate to
+    their real part. Returns ``value`` unchanged. The one place where user data is checked for complex values."""
+    if isinstance(value, torch.Tensor):
+        is_complex = value.is_complex()
+    else:
+        try:
+            is_complex = bool(np.iscomplexobj(value))
+        except Exception:  # not array-like: the caller's own checks say what is wrong with it
+            is_complex = False
+    if is_complex:
+        dtype = getattr(value, "dtype", type(value).__name__)
+        raise TypeError(
+            f"{name} must hold real numbers, got complex values ({dtype}); pass the real part or the magnitude "
+            "explicitly"
+        )
+    return value
 
 
 def check_positive(value, name: str) -> float:
     """A finite number > 0."""
+    check_not_complex(value, name)
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -35,6 +57,7 @@ def check_positions(positions, name: str = "positions", num_units: Optional[int]
             positions = torch.as_tensor(positions)
         except Exception:
             raise TypeError(f"{name} must be a tensor or array of shape (N, 2)") from None
+    check_not_complex(positions, name)
     if positions.dim() != 2 or positions.shape[1] != 2:
         raise ValueError(f"{name} must have shape (N, 2), got {tuple(positions.shape)}")
     if positions.shape[0] < 1:
@@ -52,6 +75,7 @@ def feature_geometry(features: torch.Tensor, name: str = "features"):
     """(B, C, T, HW) view geometry of a (B, N), (B, C, H, W) or (B, C, T, H, W) activation tensor."""
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
+    check_not_complex(features, name)
     if not features.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {features.dtype}")
     if features.dim() == 2:

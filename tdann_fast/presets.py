@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple, Union
 
-from .sheet import CorticalSheet
+if TYPE_CHECKING:  # the sheet module (and torch) are imported when sheets are built, not to read the tables
+    from .sheet import CorticalSheet
 
 __all__ = ["LayerSpec", "MT_LAYER", "V1_LAYERS", "r3d18_mt", "resnet18_tdann", "r3d18_layer_shapes",
            "resnet18_layer_shapes", "build_sheets"]
@@ -106,6 +107,8 @@ def build_sheets(
     ``min_expected_units`` units, the width is widened just enough to hold that many (the table's width is kept
     otherwise; at the paper's input sizes no layer is widened).
     """
+    from .sheet import CorticalSheet
+
     sheets = {}
     for i, (name, spec) in enumerate(specs.items()):
         c, h, w = shapes[name]

@@ -4,23 +4,61 @@ A :class:`CorticalSheet` holds, for one layer of a network, the position of ever
 the order of ``torch.flatten``) on a square sheet ``[0, side_mm]²``, and a table of neighbourhoods: rows of unit
 indices that lie inside one square window of ``neighbourhood_width_mm``. The spatial loss samples rows of that
 table at every step (DESIGN §3).
+
+Every position lies inside the sheet, ``0 <= x, y <= side_mm``. A unit outside would never fall in a neighbourhood
+window (no spatial loss) and the swap would never move it, so every constructor raises a ValueError instead
+(:func:`check_positions_inside`). Only float rounding is forgiven: positions up to ``POSITION_TOLERANCE · side_mm``
+outside are clipped onto the sheet's edge when a sheet stores them (as float32).
+
+Files: :meth:`CorticalSheet.save` writes one versioned ``torch.save`` file atomically with the user's umask;
+:meth:`CorticalSheet.load` opens it weights-only and raises :class:`~tdann_fast.errors.DamagedFileError` naming the
+file when it is empty, truncated, foreign, unsafe or not a sheet.
 """
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ._validation import check_positive, check_positions
+from ._io import atomic_save, safe_load
+from ._validation import check_not_complex, check_positive, check_positions
+from .errors import DamagedFileError
 
 SHEET_FORMAT = "tdann_fast.CorticalSheet"
 SHEET_VERSION = 1
+POSITION_TOLERANCE = 1e-6  # positions may lie this fraction of side_mm outside [0, side_mm] (float rounding)
 
-__all__ = ["CorticalSheet", "sample_neighbourhoods", "retinotopic_positions"]
+__all__ = ["CorticalSheet", "sample_neighbourhoods", "retinotopic_positions", "check_positions_inside"]
+
+
+def check_positions_inside(positions: torch.Tensor, side_mm: float, name: str = "positions") -> None:
+    """Raise a ValueError naming ``name`` when a row of the finite (N, 2) ``positions`` lies outside the sheet
+    ``[0, side_mm]²`` by more than ``POSITION_TOLERANCE · side_mm``; the message gives how many units are outside,
+    one of them with its position, and the sheet's extent."""
+    tol = POSITION_TOLERANCE * float(side_mm)
+    with torch.no_grad():
+        p = positions.detach().to("cpu", torch.float64)
+        outside = ((p < -tol) | (p > side_mm + tol)).any(dim=1)
+        count = int(outside.sum())
+        if count == 0:
+            return
+        unit = int(outside.nonzero()[0, 0])
+        x, y = p[unit].tolist()
+    raise ValueError(
+        f"{name}: {count} of {p.shape[0]} units lie outside the sheet [0, {side_mm:g}] x [0, {side_mm:g}] mm "
+        f"(side_mm={side_mm:g}), e.g. unit {unit} at ({x:.9g}, {y:.9g}); units outside the sheet never get a spatial "
+        "loss and are never moved by the swap: rescale the positions into the sheet or use a larger side_mm"
+    )
+
+
+def _float32_at_most(value: float) -> float:
+    """The largest float32 number <= ``value`` (``value`` itself when float32 holds it)."""
+    v32 = np.float32(value)
+    if float(v32) > value:
+        v32 = np.nextafter(v32, np.float32(-np.inf))
+    return float(v32)
 
 
 def sample_neighbourhoods(
@@ -42,8 +80,10 @@ def sample_neighbourhoods(
 
     Returns an int64 tensor (K, M). Deterministic for a given ``seed``.
     """
-    pos = check_positions(positions, "positions").detach().cpu().double().numpy()
-    check_positive(side_mm, "side_mm")
+    pos = check_positions(positions, "positions")
+    side_mm = check_positive(side_mm, "side_mm")
+    check_positions_inside(pos, side_mm, "positions")
+    pos = pos.detach().cpu().double().numpy()
     check_positive(neighbourhood_width_mm, "neighbourhood_width_mm")
     if neighbourhood_width_mm > side_mm:
         raise ValueError(
@@ -101,13 +141,15 @@ def retinotopic_positions(
     channels of one location are scattered uniformly inside a square around their anchor whose side is
     ``overlap`` times the anchor spacing (1.0: the squares tile the sheet; > 1: neighbouring squares overlap),
     plus Gaussian jitter of standard deviation ``jitter`` × the anchor spacing. Finally each axis is rescaled to
-    ``[0, side_mm]``.
+    ``[0, side_mm]`` (in float64, then rounded to float32 and clipped to the float32 sheet: inside the sheet by
+    construction).
     """
     for value, name in ((channels, "channels"), (height, "height"), (width, "width")):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     check_positive(side_mm, "side_mm")
     check_positive(overlap, "overlap")
+    check_not_complex(jitter, "jitter")
     if not (jitter >= 0 and math.isfinite(jitter)):
         raise ValueError(f"jitter must be a finite number >= 0, got {jitter!r}")
     rng = np.random.default_rng(seed)
@@ -123,8 +165,10 @@ def retinotopic_positions(
             return np.full_like(v, side_mm / 2.0)
         return (v - lo) / (hi - lo) * side_mm
 
-    xy = np.stack([rescale(x).reshape(-1), rescale(y).reshape(-1)], axis=1)
-    return torch.from_numpy(xy.astype(np.float32))
+    xy = np.stack([rescale(x).reshape(-1), rescale(y).reshape(-1)], axis=1).astype(np.float32)
+    # (v - lo) / (hi - lo) lies in [0, 1] in float64 (rounding is monotonic and x / x == 1), but side_mm itself may
+    # round up in float32: clip to the largest float32 not above side_mm so that no position leaves the sheet.
+    return torch.from_numpy(np.clip(xy, np.float32(0), np.float32(_float32_at_most(side_mm))))
 
 
 class CorticalSheet:
@@ -147,8 +191,10 @@ class CorticalSheet:
         shape: Optional[Sequence[int]] = None,
     ):
         positions = check_positions(positions, "positions")
-        self.positions = positions.to(torch.float32)
         self.side_mm = float(check_positive(side_mm, "side_mm"))
+        check_positions_inside(positions, self.side_mm, "positions")
+        # a copy (never the caller's tensor), with rounding-level excursions clipped onto the sheet's edge
+        self.positions = positions.detach().to(torch.float32).clamp(0.0, _float32_at_most(self.side_mm))
         self.neighbourhood_width_mm = float(check_positive(neighbourhood_width_mm, "neighbourhood_width_mm"))
         n = self.positions.shape[0]
         if shape is not None:
@@ -214,6 +260,7 @@ class CorticalSheet:
     def with_positions(self, positions, **neighbourhood_kwargs) -> "CorticalSheet":
         """A new sheet with ``positions`` (same unit count) and neighbourhoods recomputed for them."""
         positions = check_positions(positions, "positions", num_units=self.num_units)
+        check_positions_inside(positions, self.side_mm, "positions")
         nb = sample_neighbourhoods(positions, self.side_mm, self.neighbourhood_width_mm, **neighbourhood_kwargs)
         return CorticalSheet(positions, self.side_mm, self.neighbourhood_width_mm, nb, shape=self.shape).to(
             self.positions.device
@@ -257,12 +304,13 @@ class CorticalSheet:
 
     # ------------------------------------------------------------------------------------------ persistence
     def state(self) -> dict:
-        """A plain dict (tensors on the CPU, primitives) that :meth:`from_state` turns back into a sheet."""
+        """A plain dict (tensors on the CPU, primitives) that :meth:`from_state` turns back into a sheet. The
+        tensors are copies: changing them does not change the sheet."""
         return {
             "format": SHEET_FORMAT,
             "version": SHEET_VERSION,
-            "positions": self.positions.detach().cpu(),
-            "neighbourhoods": self.neighbourhoods.detach().cpu(),
+            "positions": self.positions.detach().to("cpu", copy=True),
+            "neighbourhoods": self.neighbourhoods.detach().to("cpu", copy=True),
             "side_mm": self.side_mm,
             "neighbourhood_width_mm": self.neighbourhood_width_mm,
             "shape": list(self.shape) if self.shape is not None else None,
@@ -274,29 +322,30 @@ class CorticalSheet:
             raise ValueError("state is not a saved CorticalSheet (missing or wrong 'format' field)")
         if state.get("version") != SHEET_VERSION:
             raise ValueError(f"unsupported CorticalSheet file version {state.get('version')!r}; expected {SHEET_VERSION}")
+        missing = [k for k in ("positions", "side_mm", "neighbourhood_width_mm", "neighbourhoods", "shape")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"state is not a complete CorticalSheet: missing fields {missing}")
         return cls(
             state["positions"], state["side_mm"], state["neighbourhood_width_mm"], state["neighbourhoods"],
             shape=state["shape"],
         )
 
     def save(self, path) -> None:
-        """Write the sheet to one versioned file, atomically (temp file in the same folder, then rename)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-sheet-", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(self.state(), fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the sheet to one versioned file, atomically (:func:`tdann_fast._io.atomic_save`: temp file in the
+        same folder, fsync, rename, fsync of the folder; permissions ``0o666`` less the umask)."""
+        atomic_save(self.state(), path)
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "CorticalSheet":
-        state = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
-        return cls.from_state(state)
+        """A sheet saved by :meth:`save`. Opened weights-only (no code runs); a file that is empty, truncated,
+        foreign, unsafe or holds no valid sheet raises :class:`~tdann_fast.errors.DamagedFileError` naming it."""
+        state = safe_load(path, "sheet", map_location=map_location)
+        if not isinstance(state, dict) or state.get("format") != SHEET_FORMAT:
+            found = (f"its 'format' field is {state.get('format')!r}" if isinstance(state, dict)
+                     else f"it holds a {type(state).__name__}")
+            raise DamagedFileError(path, f"not a saved CorticalSheet: {found}, expected format {SHEET_FORMAT!r}")
+        try:
+            return cls.from_state(state)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise DamagedFileError(path, f"not a valid CorticalSheet file: {exc}") from None

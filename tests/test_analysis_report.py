@@ -190,5 +190,7 @@ def test_analyze_checkpoint_uses_the_bundle(tmp_path, rng, monkeypatch):
     assert seen["path"] == "some/run"
     assert m["alpha"] == 0.25 and m["stage"] == 6 and m["stimuli"]["mean"] == [0.4, 0.4, 0.4]
     assert m["num_stimuli"] == 8 and (tmp_path / "report.md").is_file()
-    with pytest.raises(KeyError, match="layer3.1"):
+    from tdann_fast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="layer3.1"):
         analyze_checkpoint("some/run", tmp_path, layer="layer3.1", progress=False)

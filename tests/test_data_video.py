@@ -7,20 +7,7 @@ import torch
 
 from tdann_fast.data import (ClipAugment, ClipPairDataset, ResumableSampler, SyntheticMotion, VideoFolder,
                              collate_pairs, drifting_gratings, embedded_video_paths, read_frames)
-
-
-def _write_video(path, frames, width, height, rng, fps=10):
-    import av
-
-    with av.open(str(path), mode="w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for _ in range(frames):
-            img = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+from _videos import write_video
 
 
 @pytest.fixture
@@ -28,9 +15,9 @@ def video_dir(tmp_path, rng):
     root = tmp_path / "videos"
     (root / "classA").mkdir(parents=True)
     (root / "classB" / "deep").mkdir(parents=True)
-    _write_video(root / "classA" / "a.mp4", 12, 48, 32, rng)
-    _write_video(root / "classB" / "deep" / "b.avi", 7, 64, 64, rng)
-    _write_video(root / "classB" / "c.mkv", 20, 40, 56, rng)
+    write_video(root / "classA" / "a.mp4", 12, rng, width=48, height=32)
+    write_video(root / "classB" / "deep" / "b.avi", 7, rng, width=64, height=64)
+    write_video(root / "classB" / "c.mkv", 20, rng, width=40, height=56)
     (root / "classA" / "broken.mp4").write_bytes(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
     (root / "classA" / "notes.txt").write_text("not a video")
     return root
@@ -63,16 +50,17 @@ def test_clip_pairs_shapes_and_decode_failure(video_dir, tmp_path):
         warnings.simplefilter("ignore")
         vf = VideoFolder(video_dir, side=20)
     ds = ClipPairDataset(vf, frames=4, stride=2, length=10, seed=1)
-    q, k = ds[3]
-    assert q.shape == k.shape == (4, 20, 20, 3) and q.dtype == torch.uint8
+    q, k, faults = ds[3]
+    assert q.shape == k.shape == (4, 20, 20, 3) and q.dtype == torch.uint8 and faults == ()
     assert torch.equal(ds[3][0], q)  # a sample is a pure function of its index
-    # a file that becomes unreadable after indexing is skipped at read time, never a crash
+    # a file that becomes unreadable after indexing is skipped at read time, never a crash, and recorded
     vf.paths[0].write_bytes(b"garbage")
     with pytest.warns(RuntimeWarning, match="cannot read"):
-        q0, _ = ds[0]
+        q0, _, faults0 = ds[0]
     assert q0.shape == (4, 20, 20, 3) and vf.read_failures >= 1
-    qb, kb = collate_pairs([ds[1], ds[2]])
-    assert qb.shape == (2, 4, 20, 20, 3)
+    assert [(f.path, f.kind) for f in faults0] == [(str(vf.paths[0]), "unreadable")]
+    qb, kb, fb = collate_pairs([ds[1], ds[2]])
+    assert qb.shape == kb.shape == (2, 4, 20, 20, 3) and fb == []
 
 
 def test_video_folder_errors(tmp_path):

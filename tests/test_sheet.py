@@ -1,9 +1,15 @@
 """CorticalSheet: retinotopic positions, neighbourhoods (DESIGN §3-4), persistence and errors."""
+import os
+import pathlib
+import re
+import stat
+
 import numpy as np
 import pytest
 import torch
 
 from tdann_fast import CorticalSheet
+from tdann_fast.errors import DamagedFileError
 from tdann_fast.sheet import retinotopic_positions, sample_neighbourhoods
 
 
@@ -153,3 +159,136 @@ class TestErrors:
             CorticalSheet(torch.rand(10, 2), 1.0, 0.5, torch.tensor([[0, 10]]))
         with pytest.raises(ValueError, match="shape"):
             CorticalSheet(torch.rand(10, 2), 1.0, 0.5, torch.tensor([[0, 1]]), shape=(3, 2, 2))
+
+
+# ------------------------------------------------------------------------------------- positions inside the sheet
+
+def _square_positions(rng, n=60, side=4.0):
+    return torch.tensor(rng.uniform(0.0, side, size=(n, 2)), dtype=torch.float32)
+
+
+def test_positions_outside_the_sheet_are_refused(rng):
+    pos = _square_positions(rng)
+    pos[7] = torch.tensor([4.5, 1.0])
+    pos[20] = torch.tensor([1.0, -0.25])
+    nb = torch.arange(10)[None]
+    expected = (r"positions: 2 of 60 units lie outside the sheet \[0, 4\] x \[0, 4\] mm \(side_mm=4\), "
+                r"e\.g\. unit 7 at \(4\.5, 1\)")
+    with pytest.raises(ValueError, match=expected):
+        CorticalSheet(pos, 4.0, 1.0, nb)
+    with pytest.raises(ValueError, match=expected):
+        CorticalSheet(pos, 4.0, 1.0)  # neighbourhoods computed: the sheet is checked first
+    with pytest.raises(ValueError, match=expected):
+        sample_neighbourhoods(pos, 4.0, 1.0, num_neighbourhoods=50, min_units=2)
+    good = CorticalSheet(_square_positions(rng), 4.0, 1.0, nb)
+    with pytest.raises(ValueError, match=expected):
+        good.with_positions(pos, num_neighbourhoods=50, min_units=2)
+    state = good.state()
+    state["positions"] = pos
+    with pytest.raises(ValueError, match=expected):
+        CorticalSheet.from_state(state)
+
+
+def test_only_rounding_is_forgiven_and_clipped_onto_the_edge(rng):
+    side = 3.0
+    pos = _square_positions(rng, side=side).double()
+    pos[0, 0] = side * (1 + 5e-7)
+    pos[1, 1] = -side * 5e-7
+    sheet = CorticalSheet(pos, side, 1.0, torch.arange(5)[None])
+    assert float(sheet.positions.min()) >= 0.0 and float(sheet.positions.double().max()) <= side
+    assert sheet.positions[0, 0].item() == pytest.approx(side) and sheet.positions[1, 1].item() == 0.0
+    pos[0, 0] = side * (1 + 3e-6)
+    with pytest.raises(ValueError, match=r"positions: 1 of 60 units lie outside the sheet .* e\.g\. unit 0 at"):
+        CorticalSheet(pos, side, 1.0, torch.arange(5)[None])
+
+
+@pytest.mark.parametrize("side", [0.1, 5.7 ** 0.5, 940.0 ** 0.5, 56.0 ** 0.5, 1.0 / 3.0, 2.7])
+def test_retinotopic_positions_never_leave_the_sheet(side):
+    """Sides that float32 rounds up: the float64 rescale to [0, side] must not land outside after the cast."""
+    assert float(np.float32(side)) > side  # the awkward case
+    for seed in range(3):
+        pos = retinotopic_positions(8, 5, 4, side, jitter=0.3, seed=seed).double()
+        assert float(pos.min()) >= 0.0 and float(pos.max()) <= side, (seed, float(pos.max()) - side)
+    sheet = CorticalSheet.retinotopic(8, 5, 4, side, side / 2, num_neighbourhoods=50, min_units=5)
+    assert float(sheet.positions.double().max()) <= side
+
+
+def test_state_returns_copies():
+    sheet = _sheet()
+    before = sheet.clone()
+    state = sheet.state()
+    state["positions"][0] = torch.tensor([-50.0, 99.0])
+    state["neighbourhoods"][0, 0] = -1
+    assert torch.equal(sheet.positions, before.positions)
+    assert torch.equal(sheet.neighbourhoods, before.neighbourhoods)
+
+
+# ------------------------------------------------------------------------------------------------- sheet files
+
+def test_saved_sheet_file_respects_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "sheet.pt"
+        _sheet().save(path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~0o022
+    finally:
+        os.umask(old)
+    assert CorticalSheet.load(path).num_units == _sheet().num_units
+
+
+def _damaged(path):
+    return pytest.raises(DamagedFileError, match=re.escape(str(path)))
+
+
+def test_load_empty_truncated_and_foreign_files(tmp_path):
+    good = tmp_path / "good.pt"
+    _sheet().save(good)
+    data = good.read_bytes()
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with _damaged(empty):
+        CorticalSheet.load(empty)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with _damaged(truncated):
+        CorticalSheet.load(truncated)
+    text = tmp_path / "notes.txt"
+    text.write_text("positions: 1, 2, 3\n")
+    with _damaged(text):
+        CorticalSheet.load(text)
+
+
+def test_load_torch_files_of_another_kind(tmp_path):
+    for i, obj in enumerate([{"model": torch.zeros(3)}, torch.zeros(4, 2), [1, 2, 3]]):
+        path = tmp_path / f"other{i}.pt"
+        torch.save(obj, path)
+        with pytest.raises(DamagedFileError, match=re.escape(str(path)) + ".*not a saved CorticalSheet"):
+            CorticalSheet.load(path)
+    incomplete = {k: v for k, v in _sheet().state().items() if k != "neighbourhoods"}
+    path = tmp_path / "incomplete.pt"
+    torch.save(incomplete, path)
+    with pytest.raises(DamagedFileError, match=re.escape(str(path)) + ".*missing fields \\['neighbourhoods'\\]"):
+        CorticalSheet.load(path)
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_load_never_runs_code_from_a_crafted_file(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "crafted.pt"
+    state = _sheet().state()
+    state["shape"] = _Payload(marker)
+    torch.save(state, path)
+    with _damaged(path):
+        CorticalSheet.load(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the file is really dangerous: an unsafe load runs the payload
+    assert marker.exists()

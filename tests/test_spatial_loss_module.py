@@ -124,3 +124,36 @@ class TestErrors:
             loss({**feats, "b": bad})
         with pytest.raises(KeyError, match="unknown layer name"):
             loss.positions("zzz")
+
+
+def test_layer_names_with_the_same_buffer_key_are_refused():
+    """'.' is stored as '__' in the buffer keys: 'x.y' and 'x__y' would share one slot (one silently lost)."""
+    sheets = _sheets()
+    with pytest.raises(ValueError, match=r"layer names 'a\.0' and 'a__0' both map to the buffer key 'a__0'"):
+        SpatialLoss({"a.0": sheets["a.0"], "a__0": sheets["b"]})
+    with pytest.raises(ValueError, match=r"layer names 'x__y' and 'x\.y' both map"):
+        SpatialLoss({"x__y": sheets["b"], "x.y": sheets["b"]})
+    loss = SpatialLoss({"a.0": sheets["a.0"], "a_0": sheets["b"]})  # distinct keys still work
+    assert set(dict(loss.named_buffers())) >= {"sheets.a__0.positions", "sheets.a_0.positions"}
+
+
+def test_positions_outside_the_sheet_are_refused():
+    sheets = _sheets()
+    loss = SpatialLoss(sheets)
+    n = sheets["b"].num_units
+    outside = sheets["b"].positions.clone()
+    outside[3] = torch.tensor([2.5, 0.5])  # side_mm = 2
+    with pytest.raises(ValueError, match=r"positions: 1 of 90 units lie outside the sheet \[0, 2\] x \[0, 2\] mm "
+                                         r".*unit 3 at \(2\.5, 0\.5\)"):
+        loss.set_positions("b", outside, num_neighbourhoods=50, min_units=8)
+    edited = sheets["b"].clone()
+    edited.positions[3] = torch.tensor([2.5, 0.5])  # a sheet edited after it was built
+    with pytest.raises(ValueError, match=r"sheet\.positions: 1 of 90 units lie outside .* unit 3 at \(2\.5, 0\.5\)"):
+        loss.set_sheet("b", edited)
+    with pytest.raises(ValueError, match=r"sheets\['b'\]\.positions: 1 of 90 units lie outside"):
+        SpatialLoss({"a.0": sheets["a.0"], "b": edited})
+    assert n == 90 and torch.equal(loss.positions("b"), sheets["b"].positions)  # nothing was changed
+    state = loss.state_dict()
+    state["sheets.b.positions"] = outside
+    with pytest.raises(RuntimeError, match=r"sheets\.b\.positions: 1 of 90 units lie outside"):
+        SpatialLoss(_sheets()).load_state_dict(state)

@@ -189,3 +189,13 @@ def test_sheet_convenience(rng):
     assert stats.extent == (0.0, 0.0, 6.0, 6.0)
     with pytest.raises(TypeError, match="CorticalSheet"):
         optimize_sheet_positions("sheet", resp, 10)
+
+
+def test_positions_outside_the_given_sheet_are_refused(rng):
+    """With side_mm, a unit outside [0, side_mm]^2 would never be in a window (never moved): an error."""
+    pos = rng.uniform(0, 4, (60, 2))
+    resp = rng.normal(size=(10, 60))
+    optimize_positions(resp, pos, 1.0, steps=10, side_mm=4.0, backend="reference", progress=False)
+    pos[7] = (4.5, 1.0)
+    with pytest.raises(ValueError, match=r"positions: 1 of 60 units lie outside the sheet .* unit 7"):
+        optimize_positions(resp, pos, 1.0, steps=10, side_mm=4.0, backend="reference", progress=False)

@@ -1,18 +1,21 @@
 """Config loading: YAML + key=value overrides, shipped configs, clear errors."""
 import pytest
 
+from tdann_fast.errors import ConfigError
+
 from tdann_fast.train.config import TrainConfig, config_from_dict, load_config, parse_overrides, resolve_config_path
 
 
 @pytest.mark.parametrize("name", ["smoke", "demo", "mt_gpu", "mt_full"])
-def test_shipped_configs_load(name):
-    cfg = load_config(name)
+def test_shipped_configs_load(name, tmp_path):
+    cfg = load_config(name, [f"data.root={tmp_path}"] if name == "mt_full" else [])
     assert isinstance(cfg, TrainConfig)
     assert resolve_config_path(name).suffix == ".yaml"
 
 
 def test_overrides_nested():
     cfg = load_config("smoke", ["batch_size=6", "data.frames=3", "spatial.alpha={layer3.1: 0.25}",
+                                "spatial.layers=[layer3.1]", "analysis.layer=layer3.1",
                                 "pretrain.steps=9", "swap.grating_spatial_freqs=[0.1,0.2]"])
     assert cfg.batch_size == 6 and cfg.data.frames == 3 and cfg.pretrain.steps == 9
     assert cfg.spatial.alpha == {"layer3.1": 0.25} and cfg.swap.grating_spatial_freqs == [0.1, 0.2]
@@ -20,15 +23,15 @@ def test_overrides_nested():
 
 
 def test_errors_name_the_key():
-    with pytest.raises(KeyError, match="data.frams"):
+    with pytest.raises(ConfigError, match="data.frams"):
         load_config("smoke", ["data.frams=3"])
-    with pytest.raises(ValueError, match="KEY=VALUE"):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["batch_size"])
     with pytest.raises(ValueError, match="batch_size"):
         config_from_dict({"batch_size": 2})
     with pytest.raises(ValueError, match="data.root"):
         config_from_dict({"data": {"source": "folder"}})
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(ConfigError, match="nope"):
         load_config("nope")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tdann_fast.errors import RunDirError
 from tdann_fast.train import STAGES, latest_checkpoint, load_checkpoint, load_for_analysis, stage_dir
 from tdann_fast.train.checkpoint import atomic_save
 from tdann_fast.train.config import load_config
@@ -86,8 +87,11 @@ def test_rerun_last_stage_from_previous(smoke_run):
     after = load_checkpoint(stage_dir(run_dir, 6) / "checkpoint.pt")
     assert after["complete"] and after["step"] == 1
     assert after["positions_sha1"] == before["positions_sha1"]
-    assert (stage_dir(run_dir, 6) / "checkpoint.superseded.pt").is_file()
-    with pytest.raises(FileExistsError, match="resume"):
+    # the replaced stage is kept whole under previous/1 and still loads
+    old = run_dir / "previous" / "1" / "stage6_full"
+    assert load_checkpoint(old / "checkpoint.pt")["step"] == before["step"]
+    assert (old / "metrics.csv").is_file() and any((old / "tensorboard").iterdir())
+    with pytest.raises(RunDirError, match="resume"):
         train(cfg)  # an existing run is never overwritten silently
 
 
@@ -137,8 +141,9 @@ def test_resume_after_sigkill(tmp_path, smoke_run):
     cmd, env = _cli(run_dir, "--resume")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    first = json.loads((run_dir / "resume_log.jsonl").read_text().splitlines()[0])
-    assert {k: first[k] for k in expected} == expected
+    events = [json.loads(line) for line in (run_dir / "lineage.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "resume"]
+    assert {k: events[1][k] for k in expected} == expected
     assert not list(run_dir.glob("stage*/.*.tmp"))
     final = load_checkpoint(stage_dir(run_dir, 6) / "checkpoint.pt")
     assert final["complete"] and final["step"] == 2
@@ -156,3 +161,84 @@ def test_smoke_on_cuda_bf16(tmp_path):
     ck = load_checkpoint(stage_dir(tmp_path / "run", 6) / "checkpoint.pt")
     assert ck["complete"] and summary["steps_per_s"]
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def _metrics(run_dir, stage):
+    import csv
+
+    with open(stage_dir(run_dir, stage) / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: float(v) for k, v in r.items() if k != "clips_per_s"} for r in rows]  # timing differs run to run
+
+
+def test_kill_at_random_moments_then_resume_matches_uninterrupted(tmp_path):
+    """SIGKILL at 5 random moments (each followed by a restart: --resume once a checkpoint exists), then a final
+    --resume: every stage's metrics.csv equals that of an uninterrupted run."""
+    import random
+
+    overrides = ["checkpoint_every=1", "pretrain.steps=3", "finetune.steps=3", "full.steps=2"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def cmd(run_dir, *extra):
+        return [sys.executable, "-m", "tdann_fast.cli", "train", "--config", "smoke", f"run_dir={run_dir}",
+                *overrides, *extra]
+
+    ref = tmp_path / "uninterrupted"
+    t0 = time.time()
+    res = subprocess.run(cmd(ref), env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    duration = time.time() - t0
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"kill moments seed = {seed}; uninterrupted run {duration:.1f} s")
+    draw = random.Random(seed)
+    moments = [draw.uniform(2.0, 0.6 * duration) for _ in range(5)]  # each restart goes on from its checkpoint
+    run = tmp_path / "killed"
+    for delay in moments:
+        extra = ["--resume"] if latest_checkpoint(run) is not None else []
+        proc = subprocess.Popen(cmd(run, *extra), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        else:
+            assert proc.returncode == 0, proc.stderr.read().decode()[-3000:]
+        proc.stderr.close()
+        newest = latest_checkpoint(run)
+        step = load_checkpoint(newest)["step"] if newest is not None else None
+        print(f"killed after {delay:.1f} s; newest checkpoint: {newest and newest.parent.name} step {step}")
+    extra = ["--resume"] if latest_checkpoint(run) is not None else []
+    res = subprocess.run(cmd(run, *extra), env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for stage in (1, 5, 6):
+        assert _metrics(run, stage) == _metrics(ref, stage), stage
+    final = load_checkpoint(stage_dir(run, 6) / "checkpoint.pt")
+    assert final["complete"] and final["positions_sha1"] == load_checkpoint(ref)["positions_sha1"]
+
+
+def test_checkpoints_are_compact_and_readable_by_others(smoke_run):
+    """Each thing stored once: stages 2-4 refer to the stage-1 weights, sheet tables live in the stage's sheet files
+    (hard links where unchanged), finished stages keep no optimiser state; files get the user's umask."""
+    run_dir, _ = smoke_run
+    mask = os.umask(0o022)
+    os.umask(mask)
+    inodes = {}
+    for stage in range(1, 7):
+        path = stage_dir(run_dir, stage) / "checkpoint.pt"
+        raw = torch.load(path, weights_only=True)
+        assert raw["optimizer"] is None and raw["scheduler"] is None  # finished stages
+        if stage in (2, 3, 4):
+            assert raw["model"] is None and raw["model_ref"] == "../stage1_pretrain/checkpoint.pt"
+            assert path.stat().st_size < 1_000_000
+        if raw["spatial_loss"] is not None:
+            assert not [k for k in raw["spatial_loss"] if k.endswith(("positions", "neighbourhoods"))]
+        if stage >= 2:
+            assert all(isinstance(v["file"], str) for v in raw["sheets"].values())
+            for f in (stage_dir(run_dir, stage) / "sheets").glob("*.pt"):
+                inodes.setdefault(f.name, set()).add(f.stat().st_ino)
+        for f in [path, *stage_dir(run_dir, stage).glob("sheets/*.pt")]:
+            assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+    # retinotopic sheets (stage 2) and swapped sheets (stage 3, shared by stages 4-6): two copies of each table
+    assert all(len(ids) == 2 for ids in inodes.values()), inodes
+    assert (run_dir / "config.yaml").stat().st_mode & 0o777 == 0o666 & ~mask

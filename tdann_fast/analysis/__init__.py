@@ -4,7 +4,7 @@ pinwheels, figures and the report.
 Main entry points: :func:`analyze_checkpoint`, :func:`analyze_model`, :func:`tuning_metrics`, :func:`pinwheels`.
 Submodules are imported lazily (``import tdann_fast.analysis`` stays cheap).
 """
-from importlib import import_module
+from tdann_fast._lazy import lazy_exports
 
 _LAZY = {
     "DriftingGratings": "stimuli", "StaticGratings": "stimuli",
@@ -22,14 +22,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'tdann_fast.analysis' has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{mod}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

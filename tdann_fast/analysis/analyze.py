@@ -181,7 +181,9 @@ def analyze_checkpoint(checkpoint, out_dir, layer: str = "layer3.1", device="cpu
 
     bundle = load_for_analysis(checkpoint, map_location="cpu")
     if layer not in bundle.sheets:
-        raise KeyError(f"checkpoint {checkpoint} has no sheet for layer {layer!r}; it has {list(bundle.sheets)}")
+        from tdann_fast.errors import ConfigError
+
+        raise ConfigError(f"layer: got {layer!r}; checkpoint {checkpoint} has sheets for {list(bundle.sheets)}")
     extra = {"checkpoint": str(checkpoint), "stage": bundle.stage, "alpha": _alpha_of(bundle.alpha, layer),
              "alpha_config": bundle.alpha, "step": getattr(bundle, "step", None)}
     analysis_kw = {k: stimulus_kw.pop(k) for k in ("batch_size", "sigma_mm", "grid_mm", "selective_threshold")

@@ -75,12 +75,14 @@ def _print_summary(m) -> None:
 
 
 def run_analyze(args) -> int:
+    from tdann_fast.errors import ConfigError
+
     from .analyze import analyze_checkpoint, analyze_random_init
 
     common = dict(batch_size=args.batch_size, sigma_mm=args.sigma_mm, selective_threshold=args.selective_threshold)
     if args.random_init:
         if args.checkpoint:
-            raise ValueError("give either a checkpoint or --random-init, not both")
+            raise ConfigError("analyze: give either a CHECKPOINT or --random-init, not both")
         video = args.arch == "r3d_18"
         size = args.size or (64 if video else 224)
         m = analyze_random_init(args.out, arch=args.arch, frames=args.frames, size=size, layer=args.layer,
@@ -88,7 +90,7 @@ def run_analyze(args) -> int:
                                 **common, **_stimulus_kw(args, video))
     else:
         if not args.checkpoint:
-            raise ValueError("analyze needs a CHECKPOINT (file or run directory) or --random-init")
+            raise ConfigError("analyze: needs a CHECKPOINT (file or run directory) or --random-init")
         m = analyze_checkpoint(args.checkpoint, args.out, layer=args.layer or "layer3.1", device=args.device,
                                progress=not args.no_progress, **common, **_stimulus_kw(args, True))
     _print_summary(m)

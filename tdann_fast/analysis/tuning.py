@@ -31,6 +31,8 @@ from typing import Dict, Optional
 import numpy as np
 from scipy import special
 
+from .._validation import check_not_complex
+
 __all__ = [
     "TuningMetrics",
     "tuning_metrics",
@@ -119,7 +121,7 @@ def von_mises_fwhm(kappa, period: float = 2 * math.pi) -> np.ndarray:
     """FWHM in degrees of ``exp(κ(cos φ - 1))`` above its baseline: 2·arccos(1 + ln 0.5/κ) (phase units),
     converted to stimulus degrees (× period/2π). Curves that never fall to half height (κ < ln2/2) get the full
     period."""
-    kappa = np.asarray(kappa, dtype=np.float64)
+    kappa = np.asarray(check_not_complex(kappa, "kappa"), dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         c = 1.0 + _LN_HALF / kappa
     full = np.where(np.isfinite(c) & (c >= -1.0), 2.0 * np.arccos(np.clip(c, -1.0, 1.0)), 2.0 * math.pi)
@@ -138,17 +140,17 @@ def kappa_from_resultant(rbar) -> np.ndarray:
         a = special.i1e(k) / special.i0e(k)
         _KAPPA_TABLE = (a, k)
     a, k = _KAPPA_TABLE
-    rbar = np.clip(np.asarray(rbar, dtype=np.float64), 0.0, a[-1])
+    rbar = np.clip(np.asarray(check_not_complex(rbar, "rbar"), dtype=np.float64), 0.0, a[-1])
     return np.interp(rbar, a, k)
 
 
 def _check_inputs(responses, angles, period):
-    r = np.asarray(responses, dtype=np.float64)
+    r = np.asarray(check_not_complex(responses, "responses"), dtype=np.float64)
     if r.ndim == 1:
         r = r[None, :]
     if r.ndim != 2:
         raise ValueError(f"responses must have shape (N, D), got shape {np.shape(responses)}")
-    th = np.asarray(angles, dtype=np.float64).reshape(-1)
+    th = np.asarray(check_not_complex(angles, "directions"), dtype=np.float64).reshape(-1)
     if th.shape[0] != r.shape[1]:
         raise ValueError(f"directions has {th.shape[0]} angles but responses has {r.shape[1]} columns")
     d = th.shape[0]
@@ -181,13 +183,15 @@ def fit_von_mises(responses, phases, iterations: int = 60, init_kappa=None, init
     ``phases`` (D,) in radians of the full circle. Returns a dict of arrays ``b, a, kappa, mu, r2``.
     κ is kept in [1e-3, 1e3] and A ≥ 0.
     """
-    y = np.asarray(responses, dtype=np.float64)
-    phi = np.asarray(phases, dtype=np.float64)[None, :]
+    y = np.asarray(check_not_complex(responses, "responses"), dtype=np.float64)
+    phi = np.asarray(check_not_complex(phases, "phases"), dtype=np.float64)[None, :]
     n, d = y.shape
     vec = (y * np.exp(1j * phi)).sum(1)
     tot = y.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         rbar = np.where(tot > 0, np.abs(vec) / tot, 0.0)
+    check_not_complex(init_kappa, "init_kappa")
+    check_not_complex(init_mu, "init_mu")
     mu = np.angle(vec) if init_mu is None else np.asarray(init_mu, dtype=np.float64).copy()
     lk = np.log(np.clip(kappa_from_resultant(rbar) if init_kappa is None else init_kappa, 0.05, 500.0))
     b = y.min(1)
@@ -247,7 +251,7 @@ def population_tuning_curve(responses, mask=None, preferred_index=None):
     averaged over the units in ``mask`` with a positive peak. ``preferred_index`` (N,) gives each unit's preferred
     sample (default: the sample nearest its vector-sum preferred angle, as in DESIGN §7; aligning at the largest
     sample instead would put a selection-bias spike at 0 for noisy curves). Returns ``(offset_index, ptc)``."""
-    r = np.asarray(responses, dtype=np.float64)
+    r = np.asarray(check_not_complex(responses, "responses"), dtype=np.float64)
     n, d = r.shape
     keep = r.max(1) > 0
     if mask is not None:
@@ -268,7 +272,7 @@ def population_tuning_curve(responses, mask=None, preferred_index=None):
 def curve_fwhm(curve, step_deg: float) -> float:
     """Width (degrees) of the primary peak of a periodic curve whose peak sits at index D/2, at half height
     between its minimum and its peak, with linear interpolation between samples."""
-    c = np.asarray(curve, dtype=np.float64)
+    c = np.asarray(check_not_complex(curve, "curve"), dtype=np.float64)
     d = c.shape[0]
     if not np.all(np.isfinite(c)):
         return float("nan")

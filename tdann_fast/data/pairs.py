@@ -1,6 +1,10 @@
-"""Two clips (query, key) per sample, and a resumable distributed sampler."""
-from __future__ import annotations
+"""Two clips (query, key) per sample with the sample's fault records, and a resumable distributed sampler.
 
+A sample carries the faults met while making it (:class:`~tdann_fast.data.VideoFault`, kinds ``"unreadable"``
+and ``"truncated"``), so that faults met inside DataLoader worker processes reach the main process with the
+batches: counters kept by a source in a worker never do.
+"""
+from __future__ import annotations
 
 from typing import Iterator
 
@@ -8,16 +12,23 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .video_folder import VideoReadError
+from .decode import TruncatedVideoError, VideoReadError
+from .video_folder import VideoFault
 
 
 class ClipPairDataset(Dataset):
     """Sample ``i`` -> two random clips (query, key) of ``frames`` frames with ``stride`` from one video.
 
     ``i`` may exceed the number of videos (a virtual epoch, see :class:`ResumableSampler`): video ``i % len``,
-    clip starts drawn from a generator seeded by ``(seed, i)``, so a sample is a pure function of its index.
-    Returns ``(query, key)`` uint8 tensors (T, H, W, 3). A video that fails to decode is skipped (the next one
-    is used) with a warning.
+    clip starts drawn from a generator seeded by ``(seed, i)`` (``(seed, i, hop)`` for the ``hop``-th video tried
+    after unreadable ones), so a sample is a pure function of its index and the frame counts the source knows.
+    A clip longer than its video wraps around modulo the video's frame count.
+
+    Returns ``(query, key, faults)``: uint8 tensors (T, H, W, 3) and a tuple of
+    :class:`~tdann_fast.data.VideoFault` (empty for a clean sample). A video that fails to decode is skipped (the
+    next one is used) and recorded as ``"unreadable"``; a video that decodes fewer frames than its index claimed is
+    recorded as ``"truncated"`` and both clips are drawn again within the frames that decode (once per process
+    and video: the source knows the real count from then on).
     """
 
     def __init__(self, source, frames: int, stride: int = 1, length: int | None = None, seed: int = 0,
@@ -26,6 +37,8 @@ class ClipPairDataset(Dataset):
             raise ValueError("source: no readable videos")
         if frames < 1 or stride < 1:
             raise ValueError(f"frames/stride: expected positive integers, got {frames}/{stride}")
+        if max_retries < 1:
+            raise ValueError(f"max_retries: expected a positive integer, got {max_retries!r}")
         self.source, self.frames, self.stride = source, int(frames), int(stride)
         self.length = int(length) if length else len(source)
         self.seed, self.max_retries = int(seed), int(max_retries)
@@ -40,17 +53,27 @@ class ClipPairDataset(Dataset):
 
     def __getitem__(self, i: int):
         i = int(i)
-        rng = np.random.default_rng([self.seed, i])
-        v = i % len(self.source)
-        for attempt in range(self.max_retries):
+        faults: list[VideoFault] = []
+        v, hop = i % len(self.source), 0
+        for _ in range(self.max_retries):
+            rng = np.random.default_rng([self.seed, i] if hop == 0 else [self.seed, i, hop])
+            n = self.source.num_frames(v)
+            q_idx, k_idx = self._indices(rng, n), self._indices(rng, n)
             try:
-                n = self.source.num_frames(v)
-                q = self.source.read_clip(v, self._indices(rng, n))
-                k = self.source.read_clip(v, self._indices(rng, n))
-                return torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(np.ascontiguousarray(k))
-            except VideoReadError:
-                v = (v + 1 + attempt) % len(self.source)
-        raise RuntimeError(f"ClipPairDataset: {self.max_retries} consecutive videos failed to decode")
+                q = self.source.read_clip(v, q_idx)
+                k = self.source.read_clip(v, k_idx)
+            except TruncatedVideoError as exc:  # the source now knows the real count: draw again, same video
+                faults.append(VideoFault(self.source.name(v), "truncated", exc.detail))
+                continue
+            except VideoReadError as exc:
+                faults.append(VideoFault(self.source.name(v), "unreadable", exc.detail))
+                hop += 1
+                v = (v + hop) % len(self.source)
+                continue
+            return (torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(np.ascontiguousarray(k)),
+                    tuple(faults))
+        raise RuntimeError(f"ClipPairDataset: sample {i} failed {self.max_retries} times in a row: "
+                           + "; ".join(f"{f.kind} {f.path} ({f.detail})" for f in faults[-3:]))
 
 
 class ResumableSampler(Sampler[int]):
@@ -92,7 +115,9 @@ class ResumableSampler(Sampler[int]):
 
 
 def collate_pairs(batch):
-    q, k = zip(*batch)
-    return torch.stack(q), torch.stack(k)
-
-
+    """``[(query, key, faults), ...]`` -> ``(query_batch, key_batch, faults)``: stacked clips (B, T, H, W, 3) and
+    one flat list of the batch's :class:`~tdann_fast.data.VideoFault` records."""
+    if not batch or any(len(sample) != 3 for sample in batch):
+        raise ValueError("batch: expected a non-empty list of (query, key, faults) samples from ClipPairDataset")
+    queries, keys, faults = zip(*batch)
+    return torch.stack(queries), torch.stack(keys), [f for sample in faults for f in sample]

@@ -1,4 +1,9 @@
-"""``SpatialLoss``: the drop-in ``nn.Module`` that sums the spatial loss over the tapped layers of a network."""
+"""``SpatialLoss``: the drop-in ``nn.Module`` that sums the spatial loss over the tapped layers of a network.
+
+Each layer's positions and neighbourhood table are buffers of a submodule under the key :func:`_buffer_key` (the
+layer name with "." replaced by "__", as module names may not hold dots); saved state_dicts use these keys. Two layer
+names with the same key (e.g. "x.y" and "x__y") are refused.
+"""
 from __future__ import annotations
 
 import math
@@ -8,7 +13,7 @@ import torch
 from torch import nn
 
 from .._validation import BACKENDS, TIME_REDUCTIONS, VARIANTS, check_choice, check_rows, feature_geometry
-from ..sheet import CorticalSheet
+from ..sheet import CorticalSheet, check_positions_inside
 from .functional import check_finite_units, layer_losses, resolve_backend
 
 __all__ = ["SpatialLoss"]
@@ -21,21 +26,29 @@ def _buffer_key(layer_name: str) -> str:
 class _SheetBuffers(nn.Module):
     """One layer's positions and neighbourhood table as buffers (they follow ``.to()`` and the state_dict)."""
 
-    def __init__(self, sheet: CorticalSheet):
+    def __init__(self, sheet: CorticalSheet, name: str):
         super().__init__()
+        check_positions_inside(sheet.positions, sheet.side_mm, f"sheets[{name!r}].positions")
         self.side_mm = sheet.side_mm
         self.neighbourhood_width_mm = sheet.neighbourhood_width_mm
         self.shape = sheet.shape
         self.register_buffer("positions", sheet.positions.detach().clone().to(torch.float32))
         self.register_buffer("neighbourhoods", sheet.neighbourhoods.detach().clone().to(torch.int64))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         # After the swap stage the neighbourhood table may have another K or M: adopt the saved shapes.
         for name in ("positions", "neighbourhoods"):
             saved = state_dict.get(prefix + name)
             if saved is not None and saved.shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "positions" in state_dict:  # loaded positions must lie on the (loaded) sheet
+            try:
+                check_positions_inside(self.positions, self.side_mm, f"{prefix}positions")
+            except ValueError as exc:
+                error_msgs.append(str(exc))
 
     def get_extra_state(self):
         return {"side_mm": self.side_mm, "neighbourhood_width_mm": self.neighbourhood_width_mm, "shape": self.shape}
@@ -102,7 +115,18 @@ class SpatialLoss(nn.Module):
         self.check_inputs = bool(check_inputs)
         self.seed = int(seed)
         self._names: List[str] = list(sheets)
-        self.sheets = nn.ModuleDict({_buffer_key(n): _SheetBuffers(s) for n, s in sheets.items()})
+        owners: Dict[str, str] = {}
+        for name in self._names:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"sheets keys must be non-empty layer names (str), got {name!r}")
+            key = _buffer_key(name)
+            if key in owners:
+                raise ValueError(
+                    f"sheets: layer names {owners[key]!r} and {name!r} both map to the buffer key {key!r} ('.' is "
+                    "stored as '__'); rename one of the layers"
+                )
+            owners[key] = name
+        self.sheets = nn.ModuleDict({_buffer_key(n): _SheetBuffers(s, n) for n, s in sheets.items()})
         self.register_buffer("alpha", self._alpha_vector(alpha), persistent=True)
         self._frozen = False
         self._generators: Dict[str, torch.Generator] = {}
@@ -170,6 +194,7 @@ class SpatialLoss(nn.Module):
             raise TypeError(f"sheet must be a CorticalSheet, got {type(sheet).__name__}")
         if sheet.num_units != layer.positions.shape[0]:
             raise ValueError(f"sheet has {sheet.num_units} units but layer {name!r} has {layer.positions.shape[0]}")
+        check_positions_inside(sheet.positions, sheet.side_mm, "sheet.positions")  # it may have been edited
         device = layer.positions.device
         layer.positions = sheet.positions.detach().clone().to(device, torch.float32)
         layer.neighbourhoods = sheet.neighbourhoods.detach().clone().to(device, torch.int64)

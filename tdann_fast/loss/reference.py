@@ -12,6 +12,14 @@ Package definitions on top of DESIGN §3 (shared by every backend):
 
 * a unit is *dead* (zero variance) when ``std <= 1e-6·|mean|`` over the rows (this includes ``std == 0``); its
   std is replaced by 1, so its correlations are ~0 and its gradient finite;
+* standardisation is scale-safe: with ``spread = max - min`` of a unit's rows, the centred responses are divided by
+  the spread before they are squared, ``u = (x - mean) / spread`` (|u| <= 1, Σu² >= 1/4), so
+  ``std = spread · sqrt(Σu² / (rows-1))`` and the dead-unit test ``sqrt(Σu² / (rows-1)) <= 1e-6·|mean| / spread``
+  neither overflow nor underflow for any finite fp32 activations (1e19 or 1e-22 give the loss of the same responses
+  at scale 1: Pearson correlations are scale-invariant). A unit with ``spread == 0`` is dead and its mean is its
+  (exact) value, so its centred responses are exactly 0 (a float32 sum of equal values can miss by an ulp). The one
+  part of the definition that is not scale-invariant is std := 1 for a dead unit that is not exactly constant: its
+  centred responses keep the units of the input, so its correlations are ~0 only while those are small;
 * ``r = Sxy / sqrt(max(Sxx·Syy, 1e-30))``: when the correlations or the similarities of a neighbourhood have no
   variance (e.g. all units dead, or M = 2, a single pair) ``r = 0``, so SL_rel = 0.5 with zero gradient;
 * computation in float32 for float16/bfloat16/float32 inputs, float64 for float64 inputs.
@@ -22,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .._validation import VARIANTS, check_choice, feature_geometry
+from .._validation import VARIANTS, check_choice, check_not_complex, feature_geometry
 from .gather import gather_units_flat
 
 DEAD_STD_RELATIVE = 1e-6
@@ -74,6 +82,22 @@ def _zero_diagonal_(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _standardise(units: torch.Tensor):
+    """Z = (x - mean) / std per unit over the rows (dead units: std := 1), scale-safe (module docstring):
+    (K, M, rows) → Z (K, M, rows), std (K, M, 1), dead (K, M, 1)."""
+    rows = units.shape[-1]
+    lo = units.amin(dim=-1, keepdim=True)  # (amin and amax are each ~10x faster than aminmax on the CPU)
+    spread = units.amax(dim=-1, keepdim=True) - lo
+    constant = spread == 0
+    mean = torch.where(constant, lo, units.mean(dim=-1, keepdim=True))
+    spread = torch.where(constant, torch.ones_like(spread), spread)
+    xc = units - mean
+    rel_std = torch.linalg.vector_norm(xc / spread, dim=-1, keepdim=True).mul_((rows - 1) ** -0.5)  # std / spread
+    dead = rel_std <= mean.abs().div_(spread).mul_(DEAD_STD_RELATIVE)
+    std = torch.where(dead, torch.ones_like(rel_std), rel_std.mul_(spread))
+    return xc.div_(std), std, dead
+
+
 class _NeighbourhoodLoss(torch.autograd.Function):
     """Standardise → R = Z·Zᵀ/(rows-1) → clamp → SL_rel or SL_abs over the strict lower triangle, with an
     analytic backward.
@@ -94,12 +118,7 @@ class _NeighbourhoodLoss(torch.autograd.Function):
     def forward(ctx, units: torch.Tensor, similarity: torch.Tensor, variant: str) -> torch.Tensor:
         k, m, rows = units.shape
         pairs2 = m * (m - 1)  # off-diagonal entries = 2 × pairs
-        mean = units.mean(dim=-1, keepdim=True)
-        xc = units - mean
-        var = (xc * xc).sum(dim=-1, keepdim=True) / (rows - 1)
-        dead = var <= (DEAD_STD_RELATIVE * mean) ** 2
-        std = torch.where(dead, torch.ones_like(var), var).sqrt_()
-        z = xc.div_(std)
+        z, std, dead = _standardise(units)
         corr = torch.baddbmm(torch.empty((), dtype=z.dtype, device=z.device), z, z.transpose(1, 2),
                              beta=0.0, alpha=1.0 / (rows - 1))
         _zero_diagonal_(corr)
@@ -163,6 +182,8 @@ def neighbourhood_losses(units: torch.Tensor, unit_positions: torch.Tensor, vari
     Differentiable with respect to ``units`` (first order); positions are constants.
     """
     check_choice(variant, "variant", VARIANTS)
+    check_not_complex(units, "units")
+    check_not_complex(unit_positions, "unit_positions")
     similarity = similarity_matrix(unit_positions, units.dtype)
     return _NeighbourhoodLoss.apply(units, similarity, variant)
 

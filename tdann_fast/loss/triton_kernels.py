@@ -13,6 +13,10 @@ Passes (``MODE`` 0: time-mean rows = B, the T frames are averaged while loading;
                           activations (any strides, time reduction on the fly), mean and 1/std over the rows
                           (two-pass, fp32; dead-unit rule ``std <= 1e-6·|mean|`` → std := 1), and writes the
                           standardised responses Z into a compact fp32 (K, rows, M) buffer (coalesced for the tiles).
+                          Scale-safe as in ``reference.py``: pass one takes the sum, max and min; pass two squares
+                          the centred responses divided by the spread (max - min), so activations of any finite fp32
+                          magnitude (1e19, 1e-22) neither overflow nor underflow; a unit with spread 0 is dead and
+                          its mean is its exact value (centred responses exactly 0).
 2. ``_tile_fwd_kernel``   per (layer, neighbourhood, lower-triangular tile (bi >= bj)): R tile = ZᵢᵀZⱼ/(n-1) with
                           ``tl.dot`` over row chunks (R never stored), S from the positions, and the tile's count,
                           means and centred co-moments of (R, S) over its strict-lower-triangle pairs.
@@ -170,22 +174,30 @@ def _stats_kernel(desc_ptr, stat_ptr, z_ptr, U, L,
     n, coff = _unit_offsets(idx_ptr, k, M, HW, W, SC, SH, SW, cols, cmask)
     r_ar = tl.arange(0, BLOCK_R)
     s = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    hi = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    lo = tl.full((BLOCK_M,), float("inf"), dtype=tl.float32)
     for r0 in range(0, ROWS, BLOCK_R):
         rows = r0 + r_ar
-        x = _load_rows(x_ptr, rows, rows < ROWS, coff, cmask, SB, ST, T, MODE, BLOCK_R, BLOCK_M)
+        rmask = rows < ROWS
+        x = _load_rows(x_ptr, rows, rmask, coff, cmask, SB, ST, T, MODE, BLOCK_R, BLOCK_M)
         s += tl.sum(x, axis=0)
+        hi = tl.maximum(hi, tl.max(tl.where(rmask[:, None], x, float("-inf")), axis=0))
+        lo = tl.minimum(lo, tl.min(tl.where(rmask[:, None], x, float("inf")), axis=0))
     nrows = ROWS.to(tl.float32)
-    mean = s / nrows
+    spread = hi - lo
+    constant = spread == 0.0
+    mean = tl.where(constant, hi, s / nrows)  # exact for a constant unit (its centred responses are exactly 0)
+    spread = tl.where(constant, 1.0, spread)
     ss = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for r0 in range(0, ROWS, BLOCK_R):
         rows = r0 + r_ar
         rmask = rows < ROWS
         x = _load_rows(x_ptr, rows, rmask, coff, cmask, SB, ST, T, MODE, BLOCK_R, BLOCK_M)
-        xc = tl.where(rmask[:, None] & cmask[None, :], x - mean[None, :], 0.0)
-        ss += tl.sum(xc * xc, axis=0)
-    var = ss / (nrows - 1.0)
-    live = var > (1e-6 * mean) * (1e-6 * mean)
-    rstd = tl.where(live, 1.0 / tl.sqrt(tl.where(live, var, 1.0)), 1.0)
+        u = tl.where(rmask[:, None] & cmask[None, :], (x - mean[None, :]) / spread[None, :], 0.0)  # |u| <= 1
+        ss += tl.sum(u * u, axis=0)
+    rel_std = tl.sqrt(ss / (nrows - 1.0))  # std / spread
+    live = rel_std > 1e-6 * (tl.abs(mean) / spread)
+    rstd = tl.where(live, 1.0 / (spread * tl.where(live, rel_std, 1.0)), 1.0)
     out = tl.load(d + F_UNIT_OFF) + k * M + cols
     tl.store(stat_ptr + out, mean, mask=cmask)
     tl.store(stat_ptr + U + out, rstd, mask=cmask)

@@ -24,6 +24,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .._validation import check_not_complex
+
 __all__ = ["triton_unavailable_reason", "fused_spatial_loss", "KernelConfig"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -322,6 +324,9 @@ def fused_spatial_loss(
     if not (len(features) == len(positions) == len(neighbourhoods)) or not features:
         raise ValueError("features, positions and neighbourhoods must be non-empty sequences of equal length, got "
                          f"{len(features)}, {len(positions)}, {len(neighbourhoods)}")
+    for name, seq in (("features", features), ("positions", positions)):
+        for l, t in enumerate(seq):
+            check_not_complex(t, f"{name}[{l}]")
     cfg = config or DEFAULT_CONFIG
     device = features[0].device
     reason = triton_unavailable_reason(device)

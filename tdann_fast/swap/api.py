@@ -11,6 +11,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .._validation import check_not_complex
+from ..sheet import check_positions_inside
 from . import backend as _backend
 from . import reference, rng, windows
 
@@ -70,6 +72,7 @@ class SwapStats:
 
 
 def _as_numpy_2d(x, name: str) -> np.ndarray:
+    check_not_complex(x, name)
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.is_floating_point() and x.dtype not in (torch.float32, torch.float64):
@@ -153,6 +156,7 @@ def optimize_positions(
         raise ValueError(f"responses must hold at least 3 stimuli (rows), got {resp.shape[0]}")
     if not np.isfinite(resp).all():
         raise ValueError("responses holds non-finite values (NaN or inf)")
+    check_not_complex(neighbourhood_width_mm, "neighbourhood_width_mm")
     try:
         width = float(neighbourhood_width_mm)
     except (TypeError, ValueError):
@@ -173,9 +177,10 @@ def optimize_positions(
         lo, hi = slot_pos.min(axis=0), slot_pos.max(axis=0)
         extent = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
     else:
-        side = float(side_mm)
+        side = float(check_not_complex(side_mm, "side_mm"))
         if not (math.isfinite(side) and side > 0):
             raise ValueError(f"side_mm must be a finite number > 0, got {side_mm!r}")
+        check_positions_inside(torch.from_numpy(slot_pos), side, "positions")  # a unit outside is never moved
         extent = (0.0, 0.0, side, side)
     ext_w, ext_h = extent[2] - extent[0], extent[3] - extent[1]
     if width > ext_w or width > ext_h:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-BACKENDS = ("auto", "reference", "cpp", "cuda")
+from .._options import SWAP_BACKENDS as BACKENDS
 
 
 @functools.lru_cache(maxsize=1)

@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._options import SWAP_OBJECTIVES as OBJECTIVES
 from . import rng
 from .windows import window_slots
 
-OBJECTIVES = ("tdann", "exact")
 MIN_UNITS = 5
 
 

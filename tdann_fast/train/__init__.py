@@ -1,16 +1,19 @@
-"""Training: MoCo v2 on video with r3d_18, the six-stage TDANN schedule, torchrun/DDP, atomic checkpoints."""
-from .checkpoint import (STAGES, AnalysisBundle, atomic_save, checkpoint_path, latest_checkpoint, load_checkpoint,
-                         load_for_analysis, stage_dir)
-from .config import (TrainConfig, config_from_dict, config_to_dict, configs_dir, load_config, parse_overrides,
-                     resolve_config_path)
+"""Training: MoCo v2 on video with r3d_18, the six-stage TDANN schedule, torchrun/DDP, atomic checkpoints.
 
-__all__ = ["STAGES", "AnalysisBundle", "atomic_save", "checkpoint_path", "latest_checkpoint", "load_checkpoint",
-           "load_for_analysis", "stage_dir", "TrainConfig", "config_from_dict", "config_to_dict", "configs_dir",
-           "load_config", "parse_overrides", "resolve_config_path", "Trainer", "train"]
+Names are imported lazily: reading and checking a config (``tdann_fast.train.config``) does not import torch.
+"""
+from tdann_fast._lazy import lazy_exports
+
+_LAZY = {
+    "STAGES": "checkpoint", "AnalysisBundle": "checkpoint", "checkpoint_path": "checkpoint",
+    "latest_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "load_for_analysis": "checkpoint",
+    "stage_dir": "checkpoint",
+    "TrainConfig": "config", "config_from_dict": "config", "config_to_dict": "config", "configs_dir": "config",
+    "load_config": "config", "parse_overrides": "config", "resolve_config_path": "config",
+    "Trainer": "trainer", "train": "trainer",
+}
+
+__all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in ("Trainer", "train"):
-        from . import trainer
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'tdann_fast.train' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

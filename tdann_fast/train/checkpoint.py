@@ -1,29 +1,46 @@
-"""Atomic, resumable checkpoints and loading a trained encoder for analysis.
+"""Checkpoint files: what a stage checkpoint holds, how it is written and read back, and loading for analysis.
 
-Layout of a run directory::
+Layout of a run directory (see also :mod:`tdann_fast.train.rundir`)::
 
     run_dir/
-      config.yaml
-      stage1_pretrain/checkpoint.pt      stage2_retinotopic/checkpoint.pt + sheets/    stage3_swap/...
-      stage4_freeze/...                  stage5_finetune/...                           stage6_full/...
+      config.yaml  lineage.jsonl  summary.json  .lock
+      stage1_pretrain/checkpoint.pt      stage2_retinotopic/checkpoint.pt + sheets/   stage3_swap/ ...
+      stage4_freeze/ ...                 stage5_finetune/ ...                         stage6_full/ ...
+      previous/1/stage5_finetune/ ...    (stage directories moved aside by a rerun, never deleted)
 
-Every stage directory holds one ``checkpoint.pt`` (overwritten atomically during the stage; ``complete`` is True
-once the stage has finished). Stages 2-4 do not change the network, so their checkpoints refer to the stage-1
-weights (``model_ref``) instead of copying 250 MB; :func:`load_checkpoint` resolves the reference.
+Every stage directory holds one ``checkpoint.pt``, overwritten atomically during the stage (``complete`` is True
+once the stage has finished). A checkpoint holds only tensors, numbers, strings, lists and dicts, and is read
+with ``weights_only=True``: opening one never runs code. To stay compact it stores each thing once:
+
+* the network: stages 2-4 do not change it, so their checkpoints name the stage-1 file (``model_ref``) instead
+  of copying the weights;
+* the cortical sheets (positions and neighbourhood tables): they are the files ``sheets/<layer>.pt`` of the same
+  stage directory, listed in ``sheets`` with the SHA-1 of their positions; a stage whose sheets equal the
+  previous stage's (frozen positions) hard-links those files instead of writing them again;
+* optimiser, scheduler and grad-scaler state: only in the checkpoints of a stage still running (a finished
+  stage is never resumed; the next stage starts its own optimiser).
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
-FORMAT = "tdann_fast.checkpoint/1"
+from tdann_fast._io import atomic_save, safe_load
+from tdann_fast.errors import DamagedFileError
+
+from .config import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["FORMAT", "CHECKPOINT_NAME", "STAGES", "stage_dir", "checkpoint_path", "latest_checkpoint",
+           "existing_checkpoints", "load_checkpoint", "save_checkpoint", "sheets_digest", "sheets_from_state",
+           "AnalysisBundle", "load_for_analysis", "atomic_save"]
+
+FORMAT = "tdann_fast.checkpoint/2"
 CHECKPOINT_NAME = "checkpoint.pt"
+SHEETS_DIR = "sheets"
 STAGES = {1: "pretrain", 2: "retinotopic", 3: "swap", 4: "freeze", 5: "finetune", 6: "full"}
 
 
@@ -33,96 +50,109 @@ def stage_dir(run_dir: str | Path, stage: int) -> Path:
     return Path(run_dir) / f"stage{stage}_{STAGES[stage]}"
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``: a reader sees either
-    the old file or the complete new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        try:  # persist the rename itself
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+def checkpoint_path(run_dir: str | Path, stage: int) -> Path:
+    return stage_dir(run_dir, stage) / CHECKPOINT_NAME
+
+
+def existing_checkpoints(run_dir: str | Path) -> list:
+    """Checkpoint files present in ``run_dir``, newest stage first."""
+    return [p for p in (checkpoint_path(run_dir, s) for s in sorted(STAGES, reverse=True)) if p.is_file()]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest stage present in ``run_dir`` (``None`` when there is none)."""
+    found = existing_checkpoints(run_dir)
+    return found[0] if found else None
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> int:
     """Delete temporary files left by a process killed while writing (they are never read)."""
     n = 0
-    for p in Path(run_dir).glob("stage*/.*.tmp"):
-        try:
-            p.unlink()
-            n += 1
-        except OSError:
-            pass
+    for pattern in ("stage*/.*.tmp", "stage*/sheets/.*.tmp", ".*.tmp"):
+        for p in Path(run_dir).glob(pattern):
+            try:
+                p.unlink()
+                n += 1
+            except OSError:
+                pass
     return n
 
 
-def checkpoint_path(run_dir: str | Path, stage: int) -> Path:
-    return stage_dir(run_dir, stage) / CHECKPOINT_NAME
+def positions_sha1(sheet) -> str:
+    return hashlib.sha1(sheet.positions.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest stage present in ``run_dir`` (``None`` when there is none)."""
-    run_dir = Path(run_dir)
-    for stage in sorted(STAGES, reverse=True):
-        p = checkpoint_path(run_dir, stage)
-        if p.is_file():
-            return p
-    return None
+def sheets_digest(sheets) -> str:
+    """SHA-1 over the positions and neighbourhood tables of all sheets (layer order kept)."""
+    h = hashlib.sha1()
+    for name, s in sheets.items():
+        h.update(name.encode())
+        h.update(s.positions.detach().cpu().contiguous().numpy().tobytes())
+        h.update(s.neighbourhoods.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
-def _torch_load(path: Path, map_location):
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except TypeError:  # very old torch
-        return torch.load(path, map_location=map_location)
+def sheet_records(sheets) -> dict:
+    """What a checkpoint stores about its sheets: the file (relative to the stage directory) and a digest."""
+    return {name: {"file": f"{SHEETS_DIR}/{name}.pt", "positions_sha1": positions_sha1(s),
+                   "num_units": int(s.num_units), "neighbourhoods": list(s.neighbourhoods.shape)}
+            for name, s in sheets.items()}
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
+    """Write a checkpoint dict atomically (it must hold only tensors, numbers, strings, lists and dicts)."""
+    return atomic_save({"format": FORMAT, **ckpt}, path)
+
+
+def _resolve_sheets(ckpt: dict, path: Path, map_location) -> dict | None:
+    from tdann_fast.sheet import CorticalSheet
+
+    records = ckpt.get("sheets")
+    if not records:
+        return None
+    out = {}
+    for name, rec in records.items():
+        file = path.parent / rec["file"]
+        if not file.is_file():
+            raise DamagedFileError(path, f"its sheet file {file} is missing (a stage directory is kept whole)")
+        sheet = CorticalSheet.load(file, map_location=map_location)
+        if positions_sha1(sheet) != rec["positions_sha1"]:
+            raise DamagedFileError(file, f"positions differ from those recorded in {path}")
+        out[name] = sheet.state()
+    return out
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint dict, resolving ``model_ref`` (weights kept in an earlier stage's checkpoint)."""
+    """Load a checkpoint (file, or run directory: its newest stage) without running code.
+
+    Resolves ``model_ref`` (weights kept in the stage-1 checkpoint) and the sheet files, so ``ckpt["model"]`` is
+    a state dict and ``ckpt["sheets"]`` is ``{layer: CorticalSheet.state()}`` (or None before stage 2). A damaged,
+    foreign or unsafe file raises :class:`~tdann_fast.errors.DamagedFileError` naming it.
+    """
     path = Path(path)
     if path.is_dir():
         found = latest_checkpoint(path)
         if found is None:
             raise FileNotFoundError(f"checkpoint: no stage*/{CHECKPOINT_NAME} under {path}")
         path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    ckpt = _torch_load(path, map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"checkpoint: {path} is not a tdann_fast training checkpoint")
+    ckpt = safe_load(path, "checkpoint", map_location)
+    if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("tdann_fast.checkpoint/"):
+        raise DamagedFileError(path, "not a tdann_fast training checkpoint (no 'format' field of ours)")
+    if ckpt["format"] != FORMAT:
+        raise DamagedFileError(path, f"checkpoint format {ckpt['format']!r}; this version reads {FORMAT!r}")
     ref = ckpt.get("model_ref")
     if ckpt.get("model") is None and ref:
-        src = (path.parent / ref).resolve()
-        other = _torch_load(src, map_location)
+        src = path.parent / ref
+        if not src.is_file():
+            raise DamagedFileError(path, f"its model weights are in {src}, which is missing (a run directory is "
+                                         f"kept whole)")
+        other = safe_load(src, "checkpoint", map_location)
+        if not isinstance(other, dict) or other.get("model") is None:
+            raise DamagedFileError(src, f"holds no model weights, but {path} refers to it for them")
         ckpt["model"] = other["model"]
+    ckpt["sheets"] = _resolve_sheets(ckpt, path, map_location)
     ckpt["path"] = str(path)
     return ckpt
-
-
-def sheets_to_state(sheets) -> dict:
-    return {name: {"positions": s.positions.detach().cpu().clone(), "side_mm": float(s.side_mm),
-                   "neighbourhood_width_mm": float(s.neighbourhood_width_mm),
-                   "neighbourhoods": None if s.neighbourhoods is None else s.neighbourhoods.detach().cpu().clone(),
-                   "shape": None if s.shape is None else tuple(int(v) for v in s.shape)}
-            for name, s in sheets.items()}
 
 
 def sheets_from_state(state: dict | None) -> dict:
@@ -146,7 +176,7 @@ class AnalysisBundle:
     mean: tuple                            # input normalisation (RGB)
     std: tuple
     stage: Any                             # 1..6 (int)
-    alpha: Any                             # float or {layer: float}
+    alpha: Any                             # float or {layer: float}: the value the stage trained with
     config: dict = field(default_factory=dict)
     step: int = 0
     complete: bool = True
@@ -162,14 +192,14 @@ def load_for_analysis(path: str | Path, map_location="cpu") -> AnalysisBundle:
     prefix = "encoder_q."
     state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
     if not state:
-        raise ValueError(f"checkpoint {path}: holds no encoder_q weights")
+        raise DamagedFileError(ckpt["path"], "holds no encoder_q weights")
     encoder.load_state_dict(state)
     encoder.eval()
     cfg = ckpt.get("config", {})
     data = cfg.get("data", {})
     return AnalysisBundle(
         encoder=encoder, sheets=sheets_from_state(ckpt.get("sheets")), frames=int(data.get("frames", 16)),
-        size=int(data.get("size", 112)), mean=tuple(data.get("mean", (0.43216, 0.394666, 0.37645))),
-        std=tuple(data.get("std", (0.22803, 0.22145, 0.216989))), stage=ckpt.get("stage"),
+        size=int(data.get("size", 112)), mean=tuple(data.get("mean", IMAGENET_MEAN)),
+        std=tuple(data.get("std", IMAGENET_STD)), stage=ckpt.get("stage"),
         alpha=ckpt.get("alpha", 0.0), config=cfg, step=int(ckpt.get("step", 0)),
         complete=bool(ckpt.get("complete", False)), path=ckpt["path"])

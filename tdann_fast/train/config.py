@@ -3,15 +3,30 @@
 Example::
 
     cfg = load_config("configs/demo.yaml", ["batch_size=4", "data.frames=8", "spatial.alpha=0.25"])
+
+Every value is checked when the config is built (:data:`RULES`: one rule per key, plus the checks that involve
+several keys), so a bad value fails at once, before any file is written, with one line naming the key, the value
+and what is allowed. Loading and checking a config imports neither torch nor the data pipeline.
+
+A rerun (``from_stage``) or a resume of an existing run may change some keys and not others
+(:func:`check_changes`): a key that only steers how the run goes on (the alpha, a stage's steps or lr) may change
+and the new value is the one recorded from then on; a key that shaped results the run keeps (the data, the model,
+the sheet layout, the swap) may change only when the stages that used it are rerun.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import yaml
+
+from tdann_fast._options import LOSS_BACKENDS, LOSS_VARIANTS, SWAP_BACKENDS, SWAP_OBJECTIVES, TIME_REDUCTIONS
+from tdann_fast.errors import ConfigError
+from tdann_fast.presets import r3d18_layer_shapes
 
 IMAGENET_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision Kinetics-400 video normalisation
 IMAGENET_STD = (0.22803, 0.22145, 0.216989)
@@ -149,34 +164,261 @@ def config_to_dict(cfg) -> dict:
     return conv(cfg)
 
 
-def _build(cls, values: Mapping[str, Any], prefix: str = ""):
+# ----------------------------------------------------------------------------------------------- one rule per key
+Rule = Callable[[str, Any], Any]  # (key, value) -> the value to keep (numbers normalised); raises ConfigError
+
+
+def _fail(key: str, value, expected: str):
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    raise ConfigError(f"{key}: got {shown}; expected {expected}")
+
+
+def _number(key: str, value, expected: str) -> float:
+    """int/float (not bool), or a string that reads as a number (YAML reads 1e4 as a string)."""
+    if isinstance(value, bool) or value is None:
+        _fail(key, value, expected)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            _fail(key, value, expected)
+    if not isinstance(value, (int, float)):
+        _fail(key, value, expected)
+    if not math.isfinite(value):
+        _fail(key, value, expected)
+    return value
+
+
+def _int(lo: int, hi: int | None = None) -> Rule:
+    expected = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+    def rule(key, value):
+        v = _number(key, value, expected)
+        if float(v) != int(v) or v < lo or (hi is not None and v > hi):
+            _fail(key, value, expected)
+        return int(v)
+    return rule
+
+
+def _float(lo: float, hi: float | None = None, lo_open: bool = False) -> Rule:
+    left = ">" if lo_open else ">="
+    expected = (f"a number {left} {lo:g}" if hi is None else
+                f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}]")
+
+    def rule(key, value):
+        v = float(_number(key, value, expected))
+        if v < lo or (lo_open and v == lo) or (hi is not None and v > hi):
+            _fail(key, value, expected)
+        return v
+    return rule
+
+
+def _bool(key, value):
+    if not isinstance(value, bool):
+        _fail(key, value, "true or false")
+    return value
+
+
+def _choice(options: Sequence[str]) -> Rule:
+    def rule(key, value):
+        if not isinstance(value, str) or value not in options:
+            _fail(key, value, "one of " + ", ".join(repr(o) for o in options))
+        return value
+    return rule
+
+
+def _path(optional: bool) -> Rule:
+    def rule(key, value):
+        if value is None and optional:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)  # YAML reads a folder called 2024 as a number
+        if not isinstance(value, str) or not value.strip():
+            _fail(key, value, "a path" + (" or null" if optional else ""))
+        return value
+    return rule
+
+
+def _floats(lo: float, count: int | None = None, lo_open: bool = False) -> Rule:
+    item = _float(lo, lo_open=lo_open)
+    left = ">" if lo_open else ">="
+    expected = ((f"a list of {count} numbers" if count else "a non-empty list of numbers")
+                + (f" {left} {lo:g}" if math.isfinite(lo) else ""))
+
+    def rule(key, value):
+        if not isinstance(value, (list, tuple)) or not value or (count and len(value) != count):
+            _fail(key, value, expected)
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(f"{key}[{i}]", v))
+            except ConfigError:
+                _fail(key, value, expected)
+        return type(value)(out) if isinstance(value, tuple) else out
+    return rule
+
+
+LAYERS = tuple(r3d18_layer_shapes(112))  # the r3d_18 blocks that can get a cortical sheet (presets.r3d18_mt)
+
+
+def _alpha(key, value):
+    expected = "a number >= 0, or a mapping {layer: number >= 0}"
+    if isinstance(value, Mapping):
+        if not value:
+            _fail(key, value, expected)
+        out = {}
+        for name, v in value.items():
+            if name not in LAYERS:
+                _fail(f"{key}.{name}", v, f"a layer among {list(LAYERS)}")
+            out[name] = _float(0.0)(f"{key}.{name}", v)
+        return out
+    return _float(0.0)(key, value)
+
+
+def _layers(key, value):
+    if value is None:
+        return None
+    expected = f"null (all blocks) or a list of distinct layers among {list(LAYERS)}"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or len(set(map(str, value))) != len(value):
+        _fail(key, value, expected)
+    for name in value:
+        if name not in LAYERS:
+            close = difflib.get_close_matches(str(name), LAYERS, n=1)
+            _fail(key, value, f"layers among {list(LAYERS)}" + (f" ({name!r}: did you mean {close[0]!r}?)"
+                                                                 if close else ""))
+    return list(value)
+
+
+def _mapping(key, value):
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        _fail(key, value, "a mapping")
+    return dict(value)
+
+
+def _schedule(prefix: str) -> Dict[str, Rule]:
+    return {f"{prefix}.steps": _int(0), f"{prefix}.lr": _float(0.0), f"{prefix}.warmup_steps": _int(0),
+            f"{prefix}.min_lr": _float(0.0)}
+
+
+RULES: Dict[str, Rule] = {
+    "run_dir": _path(optional=False),
+    "seed": _int(0),
+    "device": _choice(("auto", "cpu", "cuda")),
+    "precision": _choice(("bf16", "fp16", "fp32")),
+    "batch_size": _int(3),  # the spatial loss correlates over the batch: at least 3 rows
+    "momentum": _float(0.0, 1.0),
+    "weight_decay": _float(0.0),
+    "grad_clip": _float(0.0),
+    "checkpoint_every": _int(1),
+    "log_every": _int(1),
+    "progress": _bool,
+    "threads": _int(0),
+    **_schedule("pretrain"), **_schedule("finetune"), **_schedule("full"),
+    "data.source": _choice(("embedded", "folder", "synthetic")),
+    "data.root": _path(optional=True),
+    "data.frames": _int(1),
+    "data.stride": _int(1),
+    "data.size": _int(8),  # r3d_18 needs at least 8 pixels for every block to have a spatial extent
+    "data.load_size": _int(0),
+    "data.synthetic_videos": _int(1),
+    "data.synthetic_frames": _int(1),
+    "data.clips_per_epoch": _int(0),
+    "data.num_workers": _int(0),
+    "data.cache_in_memory": _bool,
+    "data.mean": _floats(float("-inf"), count=3),
+    "data.std": _floats(0.0, count=3, lo_open=True),
+    "data.augment.scale_min": _float(0.0, 1.0, lo_open=True),
+    "data.augment.ratio_min": _float(0.0, lo_open=True),
+    "data.augment.ratio_max": _float(0.0, lo_open=True),
+    "data.augment.brightness": _float(0.0),
+    "data.augment.contrast": _float(0.0),
+    "data.augment.saturation": _float(0.0),
+    "data.augment.hue": _float(0.0, 0.5),
+    "data.augment.p_jitter": _float(0.0, 1.0),
+    "data.augment.p_grayscale": _float(0.0, 1.0),
+    "data.augment.p_flip": _float(0.0, 1.0),
+    "moco.dim": _int(1),
+    "moco.hidden_dim": _int(1),
+    "moco.queue_size": _int(1),
+    "moco.momentum": _float(0.0, 1.0),
+    "moco.temperature": _float(0.0, lo_open=True),
+    "moco.shuffle_bn": _bool,
+    "spatial.alpha": _alpha,
+    "spatial.layers": _layers,
+    "spatial.variant": _choice(LOSS_VARIANTS),
+    "spatial.time_reduction": _choice(TIME_REDUCTIONS),
+    "spatial.neighbourhoods_per_step": _int(1),
+    "spatial.num_neighbourhoods": _int(1),
+    "spatial.gather_distributed": _bool,
+    "spatial.backend": _choice(LOSS_BACKENDS),
+    "swap.steps": _int(0),
+    "swap.objective": _choice(SWAP_OBJECTIVES),
+    "swap.backend": _choice(SWAP_BACKENDS),
+    "swap.probe_clips": _int(0),
+    "swap.grating_directions": _int(1),
+    "swap.grating_spatial_freqs": _floats(0.0, lo_open=True),
+    "swap.grating_temporal_freqs": _floats(0.0),
+    "swap.grating_phases": _int(1),
+    "swap.probe_batch_size": _int(1),
+    "analysis.enabled": _bool,
+    "analysis.layer": _choice(LAYERS),
+    "analysis.kwargs": _mapping,
+}
+
+
+def leaf_keys(cls=None, prefix: str = "") -> list:
+    """Dotted names of every value of the config (``["run_dir", ..., "data.augment.p_flip", ...]``)."""
+    cls = TrainConfig if cls is None else cls
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out += leaf_keys(type(default), prefix + f.name + ".")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _unknown_key(key: str, known) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(known), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys here: {', '.join(sorted(known))}"
+    return ConfigError(f"{key}: unknown config key; {hint}")
+
+
+def _build(cls, values, prefix: str = ""):
     if not isinstance(values, Mapping):
-        raise TypeError(f"config section {prefix or '<root>'!r}: expected a mapping, got {type(values).__name__}")
+        _fail(prefix.rstrip(".") or "config", values, "a mapping of keys to values")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        if key not in fields:
-            raise KeyError(f"unknown config key {prefix + key!r}; expected one of {sorted(fields)}")
+        if not isinstance(key, str) or key not in fields:
+            raise _unknown_key(prefix + str(key), fields)
         f = fields[key]
-        default = getattr(cls(), key) if f.default is dataclasses.MISSING else f.default
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, prefix + key + ".")
-        elif isinstance(default, tuple) and isinstance(value, (list, tuple)):
-            kwargs[key] = tuple(value)
+            kwargs[key] = _build(type(default), {} if value is None else value, prefix + key + ".")
         else:
-            kwargs[key] = value
+            kwargs[key] = RULES[prefix + key](prefix + key, value)
     return cls(**kwargs)
 
 
-def _set_nested(tree: dict, dotted: str, value: Any) -> None:
+def _set_nested(tree: dict, dotted: str, value: Any, item: str) -> None:
     parts = dotted.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"override {item!r}: empty part in the key {dotted!r}")
     node = tree
     for p in parts[:-1]:
         child = node.get(p)
         if child is None:
             child = node[p] = {}
         if not isinstance(child, dict):
-            raise KeyError(f"override {dotted!r}: {p!r} is not a section")
+            raise ConfigError(f"override {item!r}: {p!r} is not a section")
         node = child
     node[parts[-1]] = value
 
@@ -185,20 +427,25 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     """``["a.b=3", "c=[1,2]"]`` -> nested dict; values are parsed as YAML scalars/lists."""
     tree: dict = {}
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r}: expected KEY=VALUE (nested keys with dots)")
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE (nested keys with dots)")
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key:
-            raise ValueError(f"override {item!r}: empty key")
-        _set_nested(tree, key, yaml.safe_load(raw) if raw != "" else None)
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({first})") from None
+        _set_nested(tree, key, value, item)
     return tree
 
 
 def _merge(base: dict, extra: Mapping) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "alpha":
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -206,7 +453,12 @@ def _merge(base: dict, extra: Mapping) -> dict:
 
 
 def config_from_dict(values: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
-    merged = _merge(dict(values or {}), parse_overrides(overrides))
+    """A checked :class:`TrainConfig` from a nested mapping and ``key=value`` overrides (raises ConfigError)."""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        _fail("config", values, "a mapping of keys to values")
+    merged = _merge(dict(values), parse_overrides(overrides))
     cfg = _build(TrainConfig, merged)
     validate_config(cfg)
     return cfg
@@ -231,43 +483,136 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         for cand in (d / p.name, d / f"{p.name}.yaml"):
             if cand.is_file():
                 return cand
-    raise FileNotFoundError(f"config {str(name_or_path)!r}: no such file and no shipped config of that name "
-                            f"(looked in {d})")
+    shipped = sorted(c.stem for c in d.glob("*.yaml")) if d is not None else []
+    raise ConfigError(f"--config {str(name_or_path)!r}: no such file and no shipped config of that name "
+                      f"(shipped: {', '.join(shipped) or 'none'})")
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a YAML config (path or shipped name) and apply ``key=value`` overrides."""
-    with open(resolve_config_path(path)) as fh:
-        values = yaml.safe_load(fh) or {}
-    return config_from_dict(values, overrides)
+    """Load a YAML config (path or shipped name), apply ``key=value`` overrides and check every value."""
+    source = resolve_config_path(path)
+    try:
+        with open(source) as fh:
+            values = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {source}: cannot be read ({exc})") from None
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"--config {source}: expected a mapping of keys to values, got {type(values).__name__}")
+    return config_from_dict(values or {}, overrides)
+
+
+def active_layers(cfg: TrainConfig) -> list:
+    """The layers that get a sheet: ``spatial.layers`` in network order, or all eight blocks."""
+    return [n for n in LAYERS if not cfg.spatial.layers or n in cfg.spatial.layers]
 
 
 def validate_config(cfg: TrainConfig) -> None:
-    d = cfg.data
-    if d.source not in ("embedded", "folder", "synthetic"):
-        raise ValueError(f"data.source: expected 'embedded', 'folder' or 'synthetic', got {d.source!r}")
-    if d.source == "folder" and not d.root:
-        raise ValueError("data.root: required when data.source='folder'")
-    for name in ("frames", "stride", "size"):
-        if int(getattr(d, name)) < 1:
-            raise ValueError(f"data.{name}: expected a positive integer, got {getattr(d, name)!r}")
-    if len(d.mean) != 3 or len(d.std) != 3:
-        raise ValueError("data.mean / data.std: expected three values (RGB)")
-    if cfg.batch_size < 3:
-        raise ValueError(f"batch_size: expected >= 3 (the spatial loss needs 3 rows), got {cfg.batch_size}")
-    if cfg.precision not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"precision: expected 'bf16', 'fp16' or 'fp32', got {cfg.precision!r}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {cfg.device!r}")
+    """Check every value (the per-key :data:`RULES`) and the rules that involve several keys; raises ConfigError."""
+    for key in leaf_keys():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        RULES[key](key, node)
+    d, s = cfg.data, cfg.spatial
+    if d.source == "folder":
+        if not d.root:
+            raise ConfigError("data.root: got None; expected a folder of videos (required when data.source='folder')")
+        if not Path(d.root).expanduser().is_dir():
+            raise ConfigError(f"data.root: got {d.root!r}; expected an existing folder of videos")
+    if d.load_size and d.load_size < d.size:
+        raise ConfigError(f"data.load_size: got {d.load_size}; expected 0 (automatic) or >= data.size ({d.size})")
+    if d.augment.ratio_max < d.augment.ratio_min:
+        raise ConfigError(f"data.augment.ratio_max: got {d.augment.ratio_max}; expected >= data.augment.ratio_min "
+                          f"({d.augment.ratio_min})")
     for name in ("pretrain", "finetune", "full"):
-        s = getattr(cfg, name)
-        if s.steps < 0 or s.warmup_steps < 0 or s.lr < 0:
-            raise ValueError(f"{name}: steps, warmup_steps and lr must be >= 0")
-    if cfg.moco.queue_size < 1:
-        raise ValueError(f"moco.queue_size: expected >= 1, got {cfg.moco.queue_size}")
-    if not 0.0 <= cfg.moco.momentum <= 1.0:
-        raise ValueError(f"moco.momentum: expected in [0, 1], got {cfg.moco.momentum}")
-    if cfg.moco.temperature <= 0:
-        raise ValueError(f"moco.temperature: expected > 0, got {cfg.moco.temperature}")
-    if cfg.checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every: expected >= 1, got {cfg.checkpoint_every}")
+        sched = getattr(cfg, name)
+        if sched.min_lr > sched.lr:
+            raise ConfigError(f"{name}.min_lr: got {sched.min_lr}; expected <= {name}.lr ({sched.lr})")
+    layers = active_layers(cfg)
+    if isinstance(s.alpha, Mapping):
+        unknown = [n for n in s.alpha if n not in layers]
+        missing = [n for n in layers if n not in s.alpha]
+        if unknown or missing:
+            raise ConfigError(f"spatial.alpha: got {dict(s.alpha)}; expected a weight for every layer of "
+                              f"spatial.layers {layers}" + (f" (no sheet for {unknown})" if unknown else "")
+                              + (f" (missing {missing})" if missing else ""))
+    if cfg.analysis.enabled and cfg.analysis.layer not in layers:
+        raise ConfigError(f"analysis.layer: got {cfg.analysis.layer!r}; expected a layer with a sheet, one of "
+                          f"{layers} (spatial.layers)")
+
+
+# ---------------------------------------------------------------------------------- what a rerun may change
+# Keys that only say where and how the run executes: they never change results.
+FREE_KEYS = ("run_dir", "device", "progress", "threads", "log_every", "checkpoint_every", "data.root",
+             "data.num_workers", "data.cache_in_memory", "spatial.backend", "analysis")
+# Keys that steer how the run goes on: they may change on any rerun or resume and apply from that point on
+# (the checkpoints written from then on record the new value; the run's lineage records the change).
+SCHEDULE_KEYS = ("spatial.alpha", "pretrain", "finetune", "full", "momentum", "weight_decay", "grad_clip",
+                 "batch_size", "precision")
+# Keys that shape results a run keeps, with the first stage that uses them: they may change only when that stage
+# is rerun too (--from-stage at or before it), because the kept stages were made with the old value.
+FIRST_STAGE = (("seed", 1), ("data", 1), ("moco", 1), ("spatial.layers", 2), ("spatial.num_neighbourhoods", 2),
+               ("swap", 3), ("spatial", 5))
+
+
+def _matches(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def key_rule(key: str) -> Tuple[str, int]:
+    """``("free", 0)``, ``("schedule", 0)`` or ``("fixed", first stage using it)`` for a dotted key."""
+    candidates = [(len(p), "free", 0) for p in FREE_KEYS if _matches(key, p)]
+    candidates += [(len(p), "schedule", 0) for p in SCHEDULE_KEYS if _matches(key, p)]
+    candidates += [(len(p), "fixed", st) for p, st in FIRST_STAGE if _matches(key, p)]
+    if not candidates:
+        raise KeyError(f"no rerun rule for config key {key!r}")
+    _, kind, stage = max(candidates)
+    return kind, stage
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping) and prefix + k not in ("spatial.alpha", "analysis.kwargs"):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def config_changes(recorded: Mapping, cfg: TrainConfig) -> Dict[str, list]:
+    """``{key: [recorded value, new value]}`` for every key whose value differs from a recorded config dict
+    (a key missing from the record counts as its default)."""
+    old = _flatten(_merge(config_to_dict(TrainConfig()), recorded or {}))
+    new = _flatten(config_to_dict(cfg))
+    return {k: [old.get(k), v] for k, v in new.items() if not _same(old.get(k), v)}
+
+
+def check_changes(changes: Mapping[str, list], kept_until: int, action: str) -> None:
+    """Refuse the changes a rerun or resume may not make (see :data:`FIRST_STAGE`).
+
+    ``kept_until``: the last stage whose results (whole or in part) the run keeps; ``action`` says what the user
+    asked for, for the message (e.g. "--resume" or "--from-stage 5").
+    """
+    refused = []
+    for key, (old, new) in changes.items():
+        kind, first = key_rule(key)
+        if kind == "fixed" and first <= kept_until:
+            refused.append((key, old, new, first))
+    if refused:
+        first = min(r[3] for r in refused)
+        listed = "; ".join(f"{k} (run used {o!r}, asked {n!r})" for k, o, n, _ in refused)
+        hint = (f"rerun from stage {first} (--from-stage {first}) to change it" if first > 1
+                else "start a new run (another run_dir, or --from-stage 1) to change it")
+        raise ConfigError(f"{listed}: may not change with {action}, because stages up to {kept_until} are kept "
+                          f"and were made with the old value; {hint}")

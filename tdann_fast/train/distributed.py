@@ -29,7 +29,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """Initialise the process group from torchrun's environment (``WORLD_SIZE`` > 1), else a single process."""
     want_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but CUDA is not available")
+        from tdann_fast.errors import ConfigError
+
+        raise ConfigError("device: got 'cuda'; expected 'cpu' or 'auto' (CUDA is not available on this machine)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -8,6 +8,13 @@ Stages (each writes ``run_dir/stage{N}_{name}/``; any stage can be resumed, or r
 4. ``freeze``      -- positions frozen (``SpatialLoss.freeze()``; buffers, never parameters);
 5. ``finetune``    -- joint fine-tuning, contrastive + spatial loss;
 6. ``full``        -- full training with the composite loss.
+
+Order of a run: the config is checked whole; the run directory is read to plan where to start
+(:func:`tdann_fast.train.rundir.plan_run`, which also refuses config changes the kept stages were not made with);
+data and model are built; only then is the run directory created and locked, earlier results a rerun replaces
+moved aside, ``config.yaml`` written and the start recorded in ``lineage.jsonl``. A command that fails before that
+point leaves nothing behind. After a restore, the config's values win over those saved with the restored state
+(alpha, learning rate, momentum, weight decay), and every checkpoint records the values its stage used.
 """
 from __future__ import annotations
 
@@ -15,8 +22,10 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 import warnings
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,11 +34,15 @@ import torch
 import torch.nn as nn
 import yaml
 
-from .checkpoint import (FORMAT, STAGES, atomic_save, checkpoint_path, latest_checkpoint, load_checkpoint,
-                         remove_stale_temporaries, sheets_from_state, sheets_to_state, stage_dir)
-from .config import TrainConfig, config_to_dict
+from tdann_fast._io import atomic_write_text, link_or_copy
+from tdann_fast.errors import ConfigError, RunDirError
+
+from .checkpoint import (STAGES, checkpoint_path, existing_checkpoints, latest_checkpoint, load_checkpoint,
+                         remove_stale_temporaries, save_checkpoint, sheet_records, sheets_from_state, stage_dir)
+from .config import TrainConfig, active_layers, check_changes, config_changes, config_to_dict, validate_config
 from .distributed import DistInfo, barrier, broadcast_object, cleanup, gather_objects, init_distributed
 from .logging import MetricLogger
+from .rundir import RunLock, RunPlan, plan_run, read_lineage, start_run
 
 TRAINING_STAGES = {1: "pretrain", 5: "finetune", 6: "full"}
 
@@ -57,16 +70,23 @@ def cosine_warmup(total: int, warmup: int, lr: float, min_lr: float = 0.0):
 
 
 def _rng_state(aug_gen: torch.Generator) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "augment": aug_gen.get_state()}
+    """Every random state of this process, as tensors, numbers, strings and lists only (weights-only loadable)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [int(version), list(mt), gauss],
+             "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                       float(cached)],
+             "torch": torch.get_rng_state(), "augment": aug_gen.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict, aug_gen: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"].cpu())
     aug_gen.set_state(state["augment"].cpu())
     if "cuda" in state and torch.cuda.is_available():
@@ -76,32 +96,69 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator) -> None:
             pass
 
 
+def _sheet_digest(sheet) -> str:
+    h = hashlib.sha1(sheet.positions.detach().cpu().contiguous().numpy().tobytes())
+    h.update(sheet.neighbourhoods.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 class Trainer:
     """Runs (or resumes) the six stages of one training run described by a :class:`TrainConfig`.
 
     Args:
-        cfg: the configuration. resume: continue from the latest checkpoint in ``cfg.run_dir``.
-        from_stage: (re)run from this stage, starting from the completed checkpoint of the stage before it
-            (later stages' checkpoints are renamed ``checkpoint.superseded.pt``).
-        stop_after: stop once this stage has completed.
+        cfg: the configuration (checked again when the run starts).
+        resume: continue from the newest checkpoint in ``cfg.run_dir`` (an error when there is none).
+        from_stage: (re)run from this stage, starting from the finished checkpoint of the stage before it; the
+            directories of the stages it replaces are moved to ``run_dir/previous/<n>/``, never deleted.
+        stop_after: stop once this stage has finished.
+        fallback: with ``resume``, when the newest checkpoint is damaged, resume from the newest intact one (the
+            damaged stages are moved aside); without it such a resume stops with an error naming both files.
+        source: a checkpoint (file) to start from instead of one of ``cfg.run_dir`` (``tdann-fast swap --out``);
+            ``from_stage`` must be given and ``cfg.run_dir`` must hold no checkpoint.
     """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, from_stage: int | None = None,
-                 stop_after: int = 6):
+                 stop_after: int = 6, fallback: bool = False, source: str | Path | None = None):
         if from_stage is not None and from_stage not in STAGES:
-            raise ValueError(f"from_stage: expected 1..6, got {from_stage!r}")
+            raise ConfigError(f"from_stage: got {from_stage!r}; expected a stage 1..6")
         if stop_after not in STAGES:
-            raise ValueError(f"stop_after: expected 1..6, got {stop_after!r}")
+            raise ConfigError(f"stop_after: got {stop_after!r}; expected a stage 1..6")
+        if resume and from_stage is not None:
+            raise ConfigError("resume and from_stage: give one of them (resume continues, from_stage reruns)")
+        if from_stage is not None and stop_after < from_stage:
+            raise ConfigError(f"stop_after: got {stop_after}; expected >= from_stage ({from_stage})")
+        if fallback and not resume:
+            raise ConfigError("fallback: only meaningful with resume")
+        if source is not None and from_stage is None:
+            raise ConfigError("source: needs from_stage (the stage to start with after the source checkpoint)")
         self.cfg, self.resume, self.from_stage, self.stop_after = cfg, resume, from_stage, stop_after
+        self.fallback, self.source_path = fallback, source
         self.run_dir = Path(cfg.run_dir)
         self.timings: dict[str, float] = {}
         self.step_rates: dict[str, float] = {}
+        self.lineage: list = []
+        self.sheets: dict = {}
+        self.spatial_loss = None
+        self._model_ref = None
+        self._sheet_files: dict = {}  # layer -> (file, digest) of the sheet files written last
+        self._video_faults = Counter()  # video fault records seen by this process (summary.json)
 
     # ------------------------------------------------------------------------------------------------ setup
+    def _plan(self) -> RunPlan:
+        if self.source_path is None:
+            return plan_run(self.cfg, resume=self.resume, from_stage=self.from_stage, fallback=self.fallback,
+                            map_location="cpu")
+        if existing_checkpoints(self.run_dir):
+            raise RunDirError(f"--out {self.run_dir}: already holds checkpoints; choose a new directory")
+        ckpt = load_checkpoint(self.source_path)
+        changes = config_changes(ckpt.get("config", {}), self.cfg)
+        check_changes(changes, self.from_stage - 1, f"starting at stage {self.from_stage} from {self.source_path}")
+        return RunPlan(start=self.from_stage, checkpoint=ckpt, kept_until=self.from_stage - 1,
+                       action=f"starting from {ckpt['path']}", event="derive", changes=changes)
+
     def _setup(self) -> None:
+        """Seeds, data and model; writes nothing."""
         cfg = self.cfg
-        self.dist: DistInfo = init_distributed(cfg.device)
-        self.device = self.dist.device
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cuda":
@@ -113,15 +170,8 @@ class Trainer:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         self.aug_gen = torch.Generator().manual_seed(seed + 17)
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(self.run_dir)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        barrier(self.dist)
         self._build_data()
         self._build_model()
-        self.sheets: dict = {}
-        self.spatial_loss = None
 
     def _build_data(self) -> None:
         from tdann_fast.data import (ClipAugment, ClipPairDataset, ResumableSampler, SyntheticMotion,
@@ -136,7 +186,8 @@ class Trainer:
         else:
             source = VideoFolder(d.root, side=load, cache_in_memory=d.cache_in_memory)
             if len(source) == 0:
-                raise ValueError(f"data.root: no readable videos under {d.root!r} (skipped: {len(source.skipped)})")
+                raise ConfigError(f"data.root: got {d.root!r}; expected a folder holding readable videos (found "
+                                  f"none; {len(source.skipped)} file(s) skipped)")
         self.source = source
         world, bs = self.dist.world_size, self.cfg.batch_size
         length = max(d.clips_per_epoch or len(source), bs * world)
@@ -147,7 +198,7 @@ class Trainer:
                                   pin_memory=self.device.type == "cuda")
         self.loader = torch.utils.data.DataLoader(self.dataset, **self.loader_kwargs)
         self.augment = ClipAugment.from_config(d.size, d.augment, d.mean, d.std)
-        self.data_state = {"epoch": 0, "batches": 0}
+        self.data_state = {"epoch": 0, "batches": 0, "video_faults": {}}
         self._batches = None
 
     def _build_model(self) -> None:
@@ -179,44 +230,69 @@ class Trainer:
                 self._batches = iter(self.loader)
             try:
                 batch = next(self._batches)
-                self.data_state["batches"] += 1
-                return batch
             except StopIteration:
                 self._batches = None
-                self.data_state = {"epoch": self.data_state["epoch"] + 1, "batches": 0}
+                self.data_state = {**self.data_state, "epoch": self.data_state["epoch"] + 1, "batches": 0}
+                continue
+            self.data_state["batches"] += 1
+            q, k, faults = batch
+            self._count_faults(faults)
+            return q, k
+
+    def _count_faults(self, faults) -> None:
+        """Decode faults travel with the samples (from the DataLoader workers too): count them in the data state
+        (saved in checkpoints, so a resume keeps the counts)."""
+        if not faults:
+            return
+        counts = self.data_state.setdefault("video_faults", {})
+        for f in faults:
+            counts[f.kind] = counts.get(f.kind, 0) + 1
+        self._video_faults.update(faults)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
-    def _alpha(self):
-        a = self.cfg.spatial.alpha
-        return dict(a) if isinstance(a, dict) else float(a)
+    def _effective_alpha(self):
+        """The alpha the spatial loss actually uses (read from its buffer): a float, or {layer: float}."""
+        if self.spatial_loss is None:
+            return 0.0
+        values = [float(v) for v in self.spatial_loss.alpha.detach().cpu()]
+        if not isinstance(self.cfg.spatial.alpha, dict) and len(set(values)) == 1:
+            return values[0]
+        return dict(zip(self.spatial_loss.layer_names, values))
+
+    def _spatial_state(self) -> dict | None:
+        """The spatial loss's state without the positions and tables (they are the stage's sheet files)."""
+        if self.spatial_loss is None:
+            return None
+        return {k: v for k, v in self.spatial_loss.state_dict().items()
+                if not (k.startswith("sheets.") and k.rsplit(".", 1)[-1] in ("positions", "neighbourhoods"))}
 
     def _save(self, stage: int, step: int, complete: bool, optimizer=None, scheduler=None, scaler=None,
               extra: dict | None = None) -> None:
         rng_all = gather_objects(_rng_state(self.aug_gen), self.dist)
+        faults_all = gather_objects(dict(self.data_state.get("video_faults", {})), self.dist)
         if not self.dist.is_main:
             barrier(self.dist)
             return
         weights_change = stage in TRAINING_STAGES
+        running = not complete  # optimiser state is needed only to resume inside the stage
         ckpt = {
-            "format": FORMAT, "stage": stage, "stage_name": STAGES[stage], "step": int(step),
+            "stage": stage, "stage_name": STAGES[stage], "step": int(step),
             "complete": bool(complete), "config": config_to_dict(self.cfg),
             "model": self.moco.state_dict() if weights_change or self._model_ref is None else None,
             "model_ref": None if weights_change else self._model_ref,
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "spatial_loss": self.spatial_loss.state_dict() if self.spatial_loss is not None else None,
-            "sheets": sheets_to_state(self.sheets) if self.sheets else None,
+            "optimizer": optimizer.state_dict() if optimizer is not None and running else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None and running else None,
+            "scaler": scaler.state_dict() if scaler is not None and running else None,
+            "spatial_loss": self._spatial_state(),
+            "sheets": sheet_records(self.sheets) if self.sheets else None,
             "frozen": bool(self.spatial_loss is not None and self.spatial_loss.frozen),
-            "alpha": self._alpha() if stage >= 5 else 0.0,
-            "rng": rng_all, "data_state": dict(self.data_state), "world_size": self.dist.world_size,
-            "queue_ptr": int(self.moco.queue_ptr), "positions_sha1": positions_digest(self.sheets),
-            "extra": extra or {},
+            "alpha": self._effective_alpha() if stage >= 5 else 0.0,
+            "rng": rng_all, "data_state": json.loads(json.dumps(self.data_state)), "video_faults": faults_all,
+            "world_size": self.dist.world_size, "queue_ptr": int(self.moco.queue_ptr),
+            "positions_sha1": positions_digest(self.sheets), "lineage": list(self.lineage), "extra": extra or {},
         }
-        if ckpt["model"] is None and self._model_ref is None:
-            ckpt["model"] = self.moco.state_dict()
         path = checkpoint_path(self.run_dir, stage)
-        atomic_save(ckpt, path)
+        save_checkpoint(ckpt, path)
         if weights_change:
             self._model_ref = f"../{path.parent.name}/{path.name}"
         barrier(self.dist)
@@ -227,121 +303,195 @@ class Trainer:
         self.spatial_loss = None
         if ckpt.get("spatial_loss") is not None:
             self.spatial_loss = self._make_spatial_loss(self.sheets)
-            self.spatial_loss.load_state_dict(ckpt["spatial_loss"])
-        self.data_state = dict(ckpt.get("data_state", {"epoch": 0, "batches": 0}))
+            state = self.spatial_loss.state_dict()
+            state.update(ckpt["spatial_loss"])
+            self.spatial_loss.load_state_dict(state)
+        old_bs = int(ckpt.get("config", {}).get("batch_size", self.cfg.batch_size))
+        self.data_state = {"epoch": 0, "batches": 0, "video_faults": {}, **dict(ckpt.get("data_state", {}))}
+        if old_bs != self.cfg.batch_size:  # the position inside the epoch is kept in samples
+            self.data_state["batches"] = self.data_state["batches"] * old_bs // self.cfg.batch_size
         if ckpt.get("world_size", 1) != self.dist.world_size:
             warnings.warn(f"resuming a run written with world size {ckpt.get('world_size')} on "
                           f"{self.dist.world_size} ranks: the data order restarts at the current epoch",
                           RuntimeWarning, stacklevel=2)
             self.data_state["batches"] = 0
+        per_rank = ckpt.get("video_faults") or []  # each rank's fault counts
+        if len(per_rank) == self.dist.world_size:
+            mine = per_rank[self.dist.rank]
+        else:  # another world size: rank 0 carries the totals
+            mine = sum(map(Counter, per_rank), Counter()) if self.dist.is_main else {}
+        self.data_state["video_faults"] = dict(mine)
         rngs = ckpt.get("rng") or []
         if self.dist.rank < len(rngs):
             _set_rng_state(rngs[self.dist.rank], self.aug_gen)
         self._batches = None
         stage = ckpt["stage"]
-        if stage in TRAINING_STAGES:
+        own = Path(ckpt["path"]).resolve().parent.parent == self.run_dir.resolve()
+        if not own:  # a checkpoint of another run (tdann-fast swap --out): keep the weights in this run's files
+            self._model_ref = None
+        elif stage in TRAINING_STAGES:
             self._model_ref = f"../{stage_dir(self.run_dir, stage).name}/checkpoint.pt"
         else:
-            ref = ckpt.get("model_ref")
-            self._model_ref = ref
+            self._model_ref = ckpt.get("model_ref")
+        self._sheet_files = {}
+        if own and ckpt.get("sheets"):
+            folder = Path(ckpt["path"]).parent
+            self._sheet_files = {name: (folder / "sheets" / f"{name}.pt", _sheet_digest(s))
+                                 for name, s in self.sheets.items()}
+        self._apply_config()
+
+    def _apply_config(self) -> None:
+        """After a restore the config wins: the alpha saved with the spatial loss is replaced by the config's."""
+        if self.spatial_loss is not None:
+            self.spatial_loss.set_alpha(self._alpha_arg())
 
     # ------------------------------------------------------------------------------------------------ spatial
-    def _layer_names(self) -> list:
-        from tdann_fast.presets import r3d18_layer_shapes
-
-        names = list(r3d18_layer_shapes(self.cfg.data.size))
-        if self.cfg.spatial.layers:
-            unknown = [n for n in self.cfg.spatial.layers if n not in names]
-            if unknown:
-                raise KeyError(f"spatial.layers: unknown layer(s) {unknown}; r3d18_mt layers are {names}")
-            names = [n for n in names if n in self.cfg.spatial.layers]
-        return names
+    def _alpha_arg(self):
+        a = self.cfg.spatial.alpha
+        return {k: float(v) for k, v in a.items()} if isinstance(a, dict) else float(a)
 
     def _make_spatial_loss(self, sheets):
         from tdann_fast.loss import SpatialLoss
 
         s = self.cfg.spatial
-        alpha = s.alpha if not isinstance(s.alpha, dict) else {k: float(v) for k, v in s.alpha.items()}
-        return SpatialLoss(sheets, alpha=alpha, variant=s.variant, neighbourhoods_per_step=s.neighbourhoods_per_step,
-                           time_reduction=s.time_reduction, seed=self.cfg.seed + self.dist.rank,
-                           gather_distributed=s.gather_distributed, backend=s.backend).to(self.device)
+        return SpatialLoss(sheets, alpha=self._alpha_arg(), variant=s.variant,
+                           neighbourhoods_per_step=s.neighbourhoods_per_step, time_reduction=s.time_reduction,
+                           seed=self.cfg.seed + self.dist.rank, gather_distributed=s.gather_distributed,
+                           backend=s.backend).to(self.device)
+
+    def _write_sheets(self, stage: int) -> None:
+        """The stage's sheet files; a sheet equal to the one written last is hard-linked, not written again."""
+        if not self.dist.is_main:
+            return
+        out = stage_dir(self.run_dir, stage) / "sheets"
+        files = {}
+        for name, sheet in self.sheets.items():
+            target = out / f"{name}.pt"
+            digest = _sheet_digest(sheet)
+            prev = self._sheet_files.get(name)
+            if prev is not None and prev[1] == digest and prev[0].is_file():
+                if prev[0].resolve() != target.resolve():
+                    link_or_copy(prev[0], target)
+            else:
+                sheet.save(target)
+            files[name] = (target, digest)
+        self._sheet_files = files
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict:
         """Run the remaining stages; returns a summary (stage timings, steps/s, where the outputs are)."""
-        self._setup()
+        validate_config(self.cfg)
+        self.dist: DistInfo = init_distributed(self.cfg.device)
+        self.device = self.dist.device
         try:
-            start, start_step, ckpt = self._starting_point()
-            for stage in range(start, self.stop_after + 1):
-                t0 = time.perf_counter()
-                step0 = start_step if stage == start else 0
-                resume_ckpt = ckpt if stage == start and ckpt is not None and not ckpt.get("complete") else None
-                if stage in TRAINING_STAGES:
-                    self._train_stage(stage, step0, resume_ckpt)
-                elif stage == 2:
-                    self._stage_retinotopic()
-                elif stage == 3:
-                    self._stage_swap()
-                else:
-                    self._stage_freeze()
-                self.timings[f"stage{stage}_{STAGES[stage]}"] = time.perf_counter() - t0
-            summary = {"run_dir": str(self.run_dir), "timings_s": self.timings, "steps_per_s": self.step_rates,
-                       "latest_checkpoint": str(latest_checkpoint(self.run_dir)),
-                       "skipped_videos": len(getattr(self.source, "skipped", [])),
-                       "video_read_failures": int(getattr(self.source, "read_failures", 0))}
-            if self.dist.is_main:
-                with (self.run_dir / "summary.json").open("w") as fh:
-                    json.dump(summary, fh, indent=2)
-            return summary
+            plan = self._plan()
+            seen = self._checkpoint_files()
+            self._setup()
+            lock = self._open_run_dir(plan, seen)
+            try:
+                resume_state = None
+                if plan.checkpoint is not None:
+                    self._restore(plan.checkpoint)
+                    if plan.mid_stage:
+                        resume_state = {k: plan.checkpoint.get(k) for k in ("optimizer", "scheduler", "scaler")}
+                    plan.checkpoint = {k: plan.checkpoint.get(k) for k in ("stage", "step", "complete", "path")}
+                self._run_stages(plan, resume_state)
+                return self._write_summary()
+            finally:
+                if lock is not None:
+                    lock.release()
         finally:
             self._batches = None
             cleanup(self.dist)
 
-    def _starting_point(self):
-        """(first stage to run, step inside it, checkpoint to resume from or None)."""
-        self._model_ref = None
-        if self.from_stage is not None and self.from_stage > 1:
-            prev = checkpoint_path(self.run_dir, self.from_stage - 1)
-            if not prev.is_file():
-                raise FileNotFoundError(f"from_stage={self.from_stage}: needs the checkpoint of stage "
-                                        f"{self.from_stage - 1} at {prev}")
-            ckpt = load_checkpoint(prev, map_location=self.device)
-            if not ckpt.get("complete"):
-                raise ValueError(f"from_stage={self.from_stage}: stage {self.from_stage - 1} is not complete")
-            self._supersede(self.from_stage)
-            self._restore(ckpt)
-            return self.from_stage, 0, None
-        if self.from_stage == 1:
-            self._supersede(1)
-            return 1, 0, None
-        if not self.resume:
-            if latest_checkpoint(self.run_dir) is not None:
-                raise FileExistsError(f"run_dir {self.run_dir} already holds checkpoints: pass resume=True "
-                                      f"(--resume) to continue, from_stage to rerun, or use another run_dir")
-            return 1, 0, None
-        path = latest_checkpoint(self.run_dir)
-        if path is None:
-            return 1, 0, None
-        ckpt = load_checkpoint(path, map_location=self.device)
-        self._restore(ckpt)
-        if self.dist.is_main:
-            record = {"checkpoint": str(path), "stage": ckpt["stage"], "step": ckpt["step"],
-                      "complete": ckpt["complete"], "queue_ptr": int(self.moco.queue_ptr),
-                      "positions_sha1": positions_digest(self.sheets), "data_state": self.data_state,
-                      "time": time.time()}
-            with (self.run_dir / "resume_log.jsonl").open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if ckpt["complete"]:
-            return ckpt["stage"] + 1, 0, None
-        return ckpt["stage"], int(ckpt["step"]), ckpt
+    def _checkpoint_files(self) -> list:
+        """(path, size, mtime) of every checkpoint in the run directory: what the plan was made from."""
+        out = []
+        for p in existing_checkpoints(self.run_dir):
+            st = p.stat()
+            out.append((str(p), st.st_size, st.st_mtime_ns))
+        return out
 
-    def _supersede(self, first: int) -> None:
-        if not self.dist.is_main:
-            return
-        for stage in range(first, 7):
-            p = checkpoint_path(self.run_dir, stage)
-            if p.is_file():
-                p.replace(p.with_name("checkpoint.superseded.pt"))
+    def _on_main(self, fn):
+        """Run ``fn`` on rank 0; every rank raises if it failed there (no rank is left waiting)."""
+        error, result = None, None
+        if self.dist.is_main:
+            try:
+                result = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below on every rank
+                error = exc
+        message = broadcast_object(None if error is None else f"{type(error).__name__}: {error}", self.dist)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise RunDirError(f"rank 0 failed to prepare {self.run_dir}: {message}")
+        return result
+
+    def _open_run_dir(self, plan: RunPlan, seen: list):
+        """Create and lock the run directory, move aside what the run replaces, write config.yaml and lineage."""
+        def prepare():
+            created = not self.run_dir.exists()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(self.run_dir)
+            try:
+                lock.acquire()
+            except BaseException:
+                if created:
+                    shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise
+            try:
+                if self._checkpoint_files() != seen:  # another process wrote between the plan and the lock
+                    raise RunDirError(f"run_dir {self.run_dir} changed while this run was starting; run it again")
+                remove_stale_temporaries(self.run_dir)
+                self.lineage = start_run(self.run_dir, plan, self.stop_after)
+                atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.cfg),
+                                                                              sort_keys=False))
+            except BaseException:
+                lock.release()
+                raise
+            return lock
+        lock = self._on_main(prepare)
+        self.lineage = broadcast_object(self.lineage, self.dist)
+        return lock
+
+    def _write_summary(self) -> dict:
+        summary = {"run_dir": str(self.run_dir), "timings_s": self.timings, "steps_per_s": self.step_rates,
+                   "latest_checkpoint": str(latest_checkpoint(self.run_dir)),
+                   "skipped_videos": len(getattr(self.source, "skipped", [])),
+                   "video_faults": self._fault_summary(),
+                   "lineage": read_lineage(self.run_dir) if self.dist.is_main else self.lineage}
+        if self.dist.is_main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+        return summary
+
+    def _fault_summary(self) -> dict:
+        """Video faults of every rank (DataLoader workers included: faults travel with the samples): counts by
+        kind over the whole run (kept across resumes), the reasons seen by this run's processes, and the files
+        skipped when the folder was indexed."""
+        from tdann_fast.data import summarize_faults
+
+        counts, seen = Counter(), Counter()
+        for rank_counts, rank_seen in gather_objects((self.data_state.get("video_faults", {}), self._video_faults),
+                                                     self.dist):
+            counts.update(rank_counts)
+            seen.update(rank_seen)
+        skipped = getattr(self.source, "skip_faults", list)()
+        return {"counts": dict(counts), "seen_in_this_run": summarize_faults(seen),
+                "skipped_when_indexed": summarize_faults(skipped)}
+
+    def _run_stages(self, plan: RunPlan, resume_state: dict | None) -> None:
+        for stage in range(plan.start, self.stop_after + 1):
+            t0 = time.perf_counter()
+            mid = stage == plan.start and plan.mid_stage
+            if stage in TRAINING_STAGES:
+                self._train_stage(stage, plan.step if mid else 0, resume_state if mid else None)
+            elif stage == 2:
+                self._stage_retinotopic()
+            elif stage == 3:
+                self._stage_swap()
+            else:
+                self._stage_freeze()
+            self.timings[f"stage{stage}_{STAGES[stage]}"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------------------ stages
     def _autocast(self):
@@ -350,35 +500,51 @@ class Trainer:
             return torch.autocast("cuda", dtype=dtype)
         return nullcontext()
 
-    def _train_stage(self, stage: int, start_step: int, ckpt: dict | None) -> None:
+    def _optimiser(self, stage: int, resume_state: dict | None):
+        """SGD + warm-up/cosine schedule + grad scaler of a training stage; a resume restores their state, then the
+        config's momentum, weight decay and learning-rate schedule replace the saved ones (a resume may change
+        them, and the values used are the ones recorded)."""
+        cfg = self.cfg
+        sched_cfg = getattr(cfg, TRAINING_STAGES[stage])
+        params = [p for p in self.moco.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=sched_cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        lr_factor = cosine_warmup(int(sched_cfg.steps), sched_cfg.warmup_steps, sched_cfg.lr, sched_cfg.min_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.precision == "fp16")
+        if resume_state is not None:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            if resume_state.get("scaler"):
+                scaler.load_state_dict(resume_state["scaler"])
+            scheduler.base_lrs = [float(sched_cfg.lr)] * len(optimizer.param_groups)
+            for group in optimizer.param_groups:
+                group.update(momentum=cfg.momentum, weight_decay=cfg.weight_decay, initial_lr=float(sched_cfg.lr),
+                             lr=float(sched_cfg.lr) * lr_factor(scheduler.last_epoch))
+        return params, optimizer, scheduler, scaler
+
+    def _train_stage(self, stage: int, start_step: int, resume_state: dict | None) -> None:
         from tdann_fast.models.taps import FeatureTaps
 
         cfg = self.cfg
-        sched_cfg = getattr(cfg, TRAINING_STAGES[stage])
-        total = int(sched_cfg.steps)
+        total = int(getattr(cfg, TRAINING_STAGES[stage]).steps)
         use_spatial = stage >= 5 and self.spatial_loss is not None
         if stage >= 5 and self.spatial_loss is None:
             raise RuntimeError(f"stage {stage}: no spatial loss (stages 2-4 have not run)")
         model = self._wrap_ddp()
         self.moco.train()
-        params = [p for p in self.moco.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=sched_cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, cosine_warmup(total, sched_cfg.warmup_steps, sched_cfg.lr, sched_cfg.min_lr))
-        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.precision == "fp16")
-        if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
+        params, optimizer, scheduler, scaler = self._optimiser(stage, resume_state)
+        if self.sheets:
+            self._write_sheets(stage)  # the (frozen) positions this stage trains with, before its first checkpoint
         sdir = stage_dir(self.run_dir, stage)
-        logger = MetricLogger(sdir, enabled=self.dist.is_main, resume_step=start_step if ckpt is not None else None)
+        logger = MetricLogger(sdir, enabled=self.dist.is_main,
+                              resume_step=start_step if resume_state is not None else None)
         layers = self.spatial_loss.layer_names if use_spatial else []
         taps = FeatureTaps(self.moco.encoder_q, layers) if layers else None
         bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
-            bar = tqdm(total=total, initial=start_step, desc=f"stage {stage} {STAGES[stage]}", dynamic_ncols=True)
+            bar = tqdm(total=total, initial=min(start_step, total), desc=f"stage {stage} {STAGES[stage]}",
+                       dynamic_ncols=True)
         t_stage, n_timed = time.perf_counter(), 0
         t_last = time.perf_counter()
         step = start_step
@@ -437,8 +603,6 @@ class Trainer:
             if taps is not None:
                 taps.remove()
             logger.close()
-        if self.sheets:
-            self._write_sheets(stage)  # the (frozen) positions this stage trained with
         elapsed = time.perf_counter() - t_stage
         if n_timed:
             self.step_rates[f"stage{stage}_{STAGES[stage]}"] = n_timed / elapsed
@@ -447,7 +611,7 @@ class Trainer:
         from tdann_fast.presets import r3d18_mt
 
         d = self.cfg.data
-        names = self._layer_names()
+        names = active_layers(self.cfg)
         sheets = None
         if self.dist.is_main:
             all_sheets = r3d18_mt(input_size=d.size, frames=d.frames, seed=self.cfg.seed,
@@ -457,14 +621,6 @@ class Trainer:
         self.spatial_loss = None
         self._write_sheets(2)
         self._save(2, 0, True)
-
-    def _write_sheets(self, stage: int) -> None:
-        if not self.dist.is_main:
-            return
-        out = stage_dir(self.run_dir, stage) / "sheets"
-        out.mkdir(parents=True, exist_ok=True)
-        for name, sheet in self.sheets.items():
-            sheet.save(out / f"{name}.pt")
 
     @torch.no_grad()
     def probe_responses(self) -> dict:
@@ -478,7 +634,8 @@ class Trainer:
         clips = []
         n_videos = min(s.probe_clips, len(self.dataset))
         for i in range(n_videos):
-            q, _ = self.dataset[i]
+            q, _, faults = self.dataset[i]
+            self._count_faults(faults)
             clips.append(q)
         batches = list(gratings.split(s.probe_batch_size))
         if clips:
@@ -531,9 +688,7 @@ class Trainer:
                                        if np.isfinite(stats.objective_before).any() else None,
                                        "objective_after": float(np.nanmean(stats.objective_after))
                                        if np.isfinite(stats.objective_after).any() else None}
-            sdir = stage_dir(self.run_dir, 3)
-            sdir.mkdir(parents=True, exist_ok=True)
-            (sdir / "swap_stats.json").write_text(json.dumps(stats_all, indent=2))
+            atomic_write_text(stage_dir(self.run_dir, 3) / "swap_stats.json", json.dumps(stats_all, indent=2))
         self.sheets = broadcast_object(sheets, self.dist)
         self._write_sheets(3)
         self._save(3, 0, True, extra={"swap": stats_all})
@@ -546,6 +701,7 @@ class Trainer:
         self._save(4, 0, True)
 
 
-def train(cfg: TrainConfig, resume: bool = False, from_stage: int | None = None, stop_after: int = 6) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, from_stage: int | None = None, stop_after: int = 6,
+          fallback: bool = False) -> dict:
     """Run the six-stage training described by ``cfg`` (see :class:`Trainer`)."""
-    return Trainer(cfg, resume=resume, from_stage=from_stage, stop_after=stop_after).run()
+    return Trainer(cfg, resume=resume, from_stage=from_stage, stop_after=stop_after, fallback=fallback).run()
