@@ -260,7 +260,6 @@ class CorticalSheet:
     def with_positions(self, positions, **neighbourhood_kwargs) -> "CorticalSheet":
         """A new sheet with ``positions`` (same unit count) and neighbourhoods recomputed for them."""
         positions = check_positions(positions, "positions", num_units=self.num_units)
-        check_positions_inside(positions, self.side_mm, "positions")
         nb = sample_neighbourhoods(positions, self.side_mm, self.neighbourhood_width_mm, **neighbourhood_kwargs)
         return CorticalSheet(positions, self.side_mm, self.neighbourhood_width_mm, nb, shape=self.shape).to(
             self.positions.device

@@ -343,7 +343,7 @@ class ConcatSource:
 
     def skip_faults(self) -> list[VideoFault]:
         """The files every source skipped at index time, as ``"skipped"`` fault records."""
-        return [VideoFault(p, "skipped", reason) for p, reason in self.skipped]
+        return [f for s in self.sources for f in getattr(s, "skip_faults", list)()]
 
     @property
     def read_failures(self) -> int:

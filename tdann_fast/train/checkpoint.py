@@ -35,7 +35,7 @@ from tdann_fast.errors import DamagedFileError
 from .config import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["FORMAT", "CHECKPOINT_NAME", "STAGES", "stage_dir", "checkpoint_path", "latest_checkpoint",
-           "existing_checkpoints", "load_checkpoint", "save_checkpoint", "sheets_digest", "sheets_from_state",
+           "existing_checkpoints", "load_checkpoint", "save_checkpoint", "sheet_digest", "sheets_from_state",
            "AnalysisBundle", "load_for_analysis", "atomic_save"]
 
 FORMAT = "tdann_fast.checkpoint/2"
@@ -82,13 +82,10 @@ def positions_sha1(sheet) -> str:
     return hashlib.sha1(sheet.positions.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def sheets_digest(sheets) -> str:
-    """SHA-1 over the positions and neighbourhood tables of all sheets (layer order kept)."""
-    h = hashlib.sha1()
-    for name, s in sheets.items():
-        h.update(name.encode())
-        h.update(s.positions.detach().cpu().contiguous().numpy().tobytes())
-        h.update(s.neighbourhoods.detach().cpu().contiguous().numpy().tobytes())
+def sheet_digest(sheet) -> str:
+    """SHA-1 over a sheet's positions and neighbourhood table: equal digests, equal sheet files."""
+    h = hashlib.sha1(sheet.positions.detach().cpu().contiguous().numpy().tobytes())
+    h.update(sheet.neighbourhoods.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

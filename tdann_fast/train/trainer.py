@@ -38,7 +38,8 @@ from tdann_fast._io import atomic_write_text, link_or_copy
 from tdann_fast.errors import ConfigError, RunDirError
 
 from .checkpoint import (STAGES, checkpoint_path, existing_checkpoints, latest_checkpoint, load_checkpoint,
-                         remove_stale_temporaries, save_checkpoint, sheet_records, sheets_from_state, stage_dir)
+                         remove_stale_temporaries, save_checkpoint, sheet_digest, sheet_records, sheets_from_state,
+                         stage_dir)
 from .config import TrainConfig, active_layers, check_changes, config_changes, config_to_dict, validate_config
 from .distributed import DistInfo, barrier, broadcast_object, cleanup, gather_objects, init_distributed
 from .logging import MetricLogger
@@ -94,12 +95,6 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
         except Exception:
             pass
-
-
-def _sheet_digest(sheet) -> str:
-    h = hashlib.sha1(sheet.positions.detach().cpu().contiguous().numpy().tobytes())
-    h.update(sheet.neighbourhoods.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class Trainer:
@@ -336,7 +331,7 @@ class Trainer:
         self._sheet_files = {}
         if own and ckpt.get("sheets"):
             folder = Path(ckpt["path"]).parent
-            self._sheet_files = {name: (folder / "sheets" / f"{name}.pt", _sheet_digest(s))
+            self._sheet_files = {name: (folder / "sheets" / f"{name}.pt", sheet_digest(s))
                                  for name, s in self.sheets.items()}
         self._apply_config()
 
@@ -367,7 +362,7 @@ class Trainer:
         files = {}
         for name, sheet in self.sheets.items():
             target = out / f"{name}.pt"
-            digest = _sheet_digest(sheet)
+            digest = sheet_digest(sheet)
             prev = self._sheet_files.get(name)
             if prev is not None and prev[1] == digest and prev[0].is_file():
                 if prev[0].resolve() != target.resolve():
