@@ -74,7 +74,9 @@ def compiled_total(feats, positions, neighbourhoods):
     if "fn" not in _COMPILED:
         # one specialisation per (layer, batch) shape: 8 layers x 2 batch sizes exceed the default recompile limit
         # (8), after which dynamo would silently run the rest eagerly
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        cfg = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # torch 2.4: old name
+        setattr(cfg, limit, max(getattr(cfg, limit), 64))
         _COMPILED["fn"] = torch.compile(tdann_neighbourhood_loss, dynamic=False)
     return tdann_total(feats, positions, neighbourhoods, _COMPILED["fn"])
 

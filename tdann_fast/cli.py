@@ -2,7 +2,7 @@
 
     tdann-fast train --config FILE [key=value ...] [--resume [--fallback] | --from-stage N] [--stop-after N]
     tdann-fast swap CHECKPOINT [--out DIR] [key=value ...]       # stage 3 alone
-    tdann-fast demo [key=value ...]                               # configs/demo.yaml, then the MT analysis
+    tdann-fast demo [key=value ...]                               # the shipped demo config, then the MT analysis
 
 The analysis package registers its own subcommands (``analyze``, ``sweep-report``) through
 ``tdann_fast.analysis.commands.register(subparsers)``.
@@ -151,8 +151,13 @@ def _cmd_demo(args) -> int:
 
 
 def _analysis_kwargs(cfg) -> dict:
-    """Keyword arguments for ``analyze_checkpoint`` from ``analysis.*``; unknown keys are a ConfigError."""
+    """Keyword arguments for ``analyze_checkpoint`` from ``analysis.*``; unknown keys are a ConfigError, a missing
+    matplotlib a MissingDependencyError (both before any training)."""
     import inspect
+
+    from tdann_fast._deps import check
+
+    check("analysis.enabled=true (the analysis draws PNG figures; or set analysis.enabled=false)", "matplotlib")
 
     import torch
 
@@ -199,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. swap.steps=20000)")
     p.set_defaults(func=_cmd_swap)
 
-    p = sub.add_parser("demo", help="train configs/demo.yaml on the embedded videos, then analyse the MT layer")
+    p = sub.add_parser("demo", help="train the shipped demo config on the embedded videos, then analyse the MT layer")
     p.add_argument("--config", default="demo", help="config to use (default: the shipped demo.yaml)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

@@ -6,7 +6,7 @@ exception that code written before it expects (``ValueError`` or ``RuntimeError`
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "DamagedFileError", "RunDirError"]
+__all__ = ["UserError", "ConfigError", "DamagedFileError", "RunDirError", "MissingDependencyError"]
 
 
 class UserError(Exception):
@@ -28,3 +28,8 @@ class DamagedFileError(UserError, ValueError):
 
 class RunDirError(UserError, RuntimeError):
     """A run directory cannot be used as asked: missing, empty, already written, or locked by another run."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional package that this use needs is not installed; the message names it and the extra of
+    ``tdann_fast`` that installs it (e.g. ``pip install 'tdann_fast[video]'``)."""

@@ -7,6 +7,7 @@ TRITON_CACHE_DIR, so a cached result cannot hide a failure.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -66,7 +67,11 @@ def compile_all(arch: int = 90) -> int:
         if type(fn).__name__ == "InterpretedFunction":
             raise RuntimeError("kernels were built for the interpreter; unset TRITON_INTERPRET")
         t0 = time.time()
-        src = ASTSource(fn=fn, signature=_signature(fn, xdt, const), constexprs=const)
+        sig = _signature(fn, xdt, const)
+        if "constexprs" in inspect.signature(ASTSource).parameters:
+            src = ASTSource(fn=fn, signature=sig, constexprs=const)
+        else:  # triton 3.0 (the oldest supported): constants=, and a signature of the runtime arguments only
+            src = ASTSource(fn=fn, signature={k: v for k, v in sig.items() if v != "constexpr"}, constants=const)
         warps = 8 if name in ("_tile_fwd_kernel", "_bwd_dz_kernel") else 4  # as launched by triton_ops
         kernel = triton.compile(src, target=target, options={"num_warps": warps})
         if not kernel.asm.get("cubin"):

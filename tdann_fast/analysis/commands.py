@@ -75,7 +75,10 @@ def _print_summary(m) -> None:
 
 
 def run_analyze(args) -> int:
+    from tdann_fast._deps import check
     from tdann_fast.errors import ConfigError
+
+    check("tdann-fast analyze (PNG figures)", "matplotlib")
 
     from .analyze import analyze_checkpoint, analyze_random_init
 

@@ -11,7 +11,9 @@ __all__ = ["plot_direction_map", "plot_ptc", "plot_metric_histograms", "plot_del
 
 
 def _plt():
-    import matplotlib
+    from .._deps import require
+
+    matplotlib = require("matplotlib", "the analysis figures (PNG)")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

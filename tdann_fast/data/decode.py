@@ -45,6 +45,18 @@ class TruncatedVideoError(VideoReadError):
         super().__init__(path, f"fewer frames decode than claimed; {self.frames} of {self.claimed} decode")
 
 
+def _av():
+    """The PyAV module, or a MissingDependencyError naming the ``[video]`` extra."""
+    from .._deps import require
+
+    av = require("av", "decoding video files")
+    # torchvision <= 0.19 sets PyAV's log level on import; with a log callback installed, freeing a decoder that
+    # runs threads can deadlock (the decoder threads wait for the interpreter lock the freeing thread holds)
+    if getattr(av, "logging", None) is not None and av.logging.get_level() is not None:
+        av.logging.set_level(None)
+    return av
+
+
 def _error_detail(exc: BaseException, path) -> str:
     """Why ``exc`` happened, in one line and without the file's path (so that equal reasons group together)."""
     if isinstance(exc, VideoReadError):
@@ -58,7 +70,7 @@ def _error_detail(exc: BaseException, path) -> str:
 
 def count_frames(path: str | Path) -> int:
     """Number of frames the container claims (stream metadata when present, else a full decode count)."""
-    import av
+    av = _av()
 
     with av.open(str(path)) as container:
         if not container.streams.video:
@@ -79,7 +91,7 @@ def _decode(path: str, last: int | None, keep, side: int | None):
     where a later fork (DataLoader workers) would copy it without its threads and hang or crash the worker when
     it is freed there.
     """
-    import av
+    av = _av()
 
     out, decoded, claimed, error = {}, 0, 0, None
     try:

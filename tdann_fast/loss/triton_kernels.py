@@ -31,8 +31,8 @@ Passes (``MODE`` 0: time-mean rows = B, the T frames are averaged while loading;
                           frames for the time-mean), neighbourhood after neighbourhood in a fixed order (units shared by
                           neighbourhoods are accumulated deterministically; no atomics).
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: the triton 3.0 interpreter recognises a constexpr parameter only by
+# its evaluated annotation (the string "tl.constexpr" is taken for a runtime argument).
 import triton
 import triton.language as tl
 

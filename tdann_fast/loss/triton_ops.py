@@ -154,13 +154,13 @@ def _plan(features: Sequence[torch.Tensor], neighbourhoods: Sequence[torch.Tenso
         rows = b if mode == 0 else b * t
         rows_list.append(rows)
         row = [0] * nf
-        vals = {
-            tk.F_SB: sb, tk.F_SC: sc, tk.F_ST: st, tk.F_SH: sh, tk.F_SW: sw,
-            tk.F_B: b, tk.F_T: t, tk.F_HW: hw, tk.F_W: w, tk.F_M: m, tk.F_K: k, tk.F_NB: nblk,
-            tk.F_STATS_START: stats, tk.F_TILE_START: tiles, tk.F_UNIT_OFF: units, tk.F_LK_OFF: lk,
-            tk.F_DX_OFF: dx, tk.F_N: c * hw, tk.F_SCAT_START: scat, tk.F_ROWS: rows,
-        }
-        for f, v in vals.items():
+        vals = (  # (field, value) pairs: tl.constexpr is unhashable in triton <= 3.2
+            (tk.F_SB, sb), (tk.F_SC, sc), (tk.F_ST, st), (tk.F_SH, sh), (tk.F_SW, sw),
+            (tk.F_B, b), (tk.F_T, t), (tk.F_HW, hw), (tk.F_W, w), (tk.F_M, m), (tk.F_K, k), (tk.F_NB, nblk),
+            (tk.F_STATS_START, stats), (tk.F_TILE_START, tiles), (tk.F_UNIT_OFF, units), (tk.F_LK_OFF, lk),
+            (tk.F_DX_OFF, dx), (tk.F_N, c * hw), (tk.F_SCAT_START, scat), (tk.F_ROWS, rows),
+        )
+        for f, v in vals:
             row[f.value] = int(v)
         table.append(row)
         stats += k * nblk

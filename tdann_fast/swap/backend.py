@@ -2,11 +2,14 @@
 
 ``reference`` (NumPy) is always available; ``cpp`` needs the extension built (``setup.py build_ext`` or
 ``pip install -e .``); ``cuda`` needs an extension built with CUDA (a GPU present or ``FORCE_CUDA=1`` at build
-time) and a CUDA device at run time.
+time) and a CUDA device at run time. When ``"auto"`` has to settle for less than the machine could run (no
+extension: the NumPy reference; a GPU but an extension built without CUDA: the C++ backend), one warning per
+process says so and why.
 """
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Optional
 
 from .._options import SWAP_BACKENDS as BACKENDS
@@ -49,12 +52,42 @@ def available_backends() -> list:
     return out
 
 
+_REBUILD = "reinstall with `pip install --no-build-isolation -e .` in this environment (README: Install)"
+_FALLBACK_SAID = False
+
+
+def fallback_reason() -> Optional[str]:
+    """Why ``"auto"`` cannot use the fastest backend this machine could run, or None when it can."""
+    if extension() is None:
+        return (f"the C++ extension tdann_fast._C is not available ({extension_error()}); the swap optimiser "
+                f"uses its Python (NumPy) backend, which is much slower; {_REBUILD}")
+    if not cuda_compiled():
+        import torch
+
+        if torch.cuda.is_available():
+            return ("tdann_fast._C was built without CUDA although a GPU is present; the swap optimiser uses "
+                    f"its CPU backend; {_REBUILD} (a GPU visible or FORCE_CUDA=1 at build time)")
+    return None
+
+
+def _say_fallback_once() -> None:
+    global _FALLBACK_SAID
+    if _FALLBACK_SAID:
+        return
+    _FALLBACK_SAID = True
+    why = fallback_reason()
+    if why is not None:
+        warnings.warn(f"tdann_fast: {why}", RuntimeWarning, stacklevel=3)
+
+
 def resolve(backend: str) -> str:
-    """Map "auto" to the fastest available backend; raise a clear error for an unavailable one."""
+    """Map "auto" to the fastest available backend (saying once when that is less than the machine could run);
+    raise a clear error for an unavailable one."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     avail = available_backends()
     if backend == "auto":
+        _say_fallback_once()
         return avail[-1]
     if backend not in avail:
         if backend == "cpp":

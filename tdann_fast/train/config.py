@@ -464,13 +464,10 @@ def config_from_dict(values: Mapping[str, Any], overrides: Sequence[str] = ()) -
     return cfg
 
 
-def configs_dir() -> Path | None:
-    """The shipped configs: ``<repo>/configs`` (source checkout / editable install) or ``tdann_fast/configs``."""
-    pkg = Path(__file__).resolve().parents[1]
-    for cand in (pkg.parent / "configs", pkg / "configs"):
-        if cand.is_dir():
-            return cand
-    return None
+def configs_dir() -> Path:
+    """The shipped configs (``tdann_fast/configs``, package data: present in a checkout, a wheel and an editable
+    install alike)."""
+    return Path(__file__).resolve().parents[1] / "configs"
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -479,11 +476,10 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     if p.is_file():
         return p
     d = configs_dir()
-    if d is not None:
-        for cand in (d / p.name, d / f"{p.name}.yaml"):
-            if cand.is_file():
-                return cand
-    shipped = sorted(c.stem for c in d.glob("*.yaml")) if d is not None else []
+    for cand in (d / p.name, d / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    shipped = sorted(c.stem for c in d.glob("*.yaml"))
     raise ConfigError(f"--config {str(name_or_path)!r}: no such file and no shipped config of that name "
                       f"(shipped: {', '.join(shipped) or 'none'})")
 

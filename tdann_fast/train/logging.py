@@ -33,13 +33,16 @@ class MetricLogger:
                 self.csv_path.unlink()
                 self._columns = None
         if tensorboard:
-            try:
+            from .._deps import available, install_hint, warn_once
+
+            if not available("tensorboard"):
+                warn_once("tensorboard", "tensorboard is not installed: metrics go to metrics.csv only, no "
+                                         f"TensorBoard event files ({install_hint('tensorboard')})")
+            else:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._writer = SummaryWriter(str(self.dir / "tensorboard"),
                                              purge_step=resume_step + 1 if resume_step is not None else None)
-            except Exception:  # tensorboard missing: CSV only
-                self._writer = None
 
     def _rewrite(self, rows):
         with self.csv_path.open("w", newline="") as fh:

@@ -179,6 +179,9 @@ class Trainer:
         elif d.source == "synthetic":
             source = SyntheticMotion(d.synthetic_videos, num_frames=d.synthetic_frames, side=load, seed=self.cfg.seed)
         else:
+            from tdann_fast._deps import check
+
+            check("data.source=folder (decoding video files)", "av")
             source = VideoFolder(d.root, side=load, cache_in_memory=d.cache_in_memory)
             if len(source) == 0:
                 raise ConfigError(f"data.root: got {d.root!r}; expected a folder holding readable videos (found "
