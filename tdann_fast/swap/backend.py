@@ -9,9 +9,9 @@ process says so and why.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Optional
 
+from .._deps import warn_once
 from .._options import SWAP_BACKENDS as BACKENDS
 
 
@@ -53,7 +53,6 @@ def available_backends() -> list:
 
 
 _REBUILD = "reinstall with `pip install --no-build-isolation -e .` in this environment (README: Install)"
-_FALLBACK_SAID = False
 
 
 def fallback_reason() -> Optional[str]:
@@ -70,16 +69,6 @@ def fallback_reason() -> Optional[str]:
     return None
 
 
-def _say_fallback_once() -> None:
-    global _FALLBACK_SAID
-    if _FALLBACK_SAID:
-        return
-    _FALLBACK_SAID = True
-    why = fallback_reason()
-    if why is not None:
-        warnings.warn(f"tdann_fast: {why}", RuntimeWarning, stacklevel=3)
-
-
 def resolve(backend: str) -> str:
     """Map "auto" to the fastest available backend (saying once when that is less than the machine could run);
     raise a clear error for an unavailable one."""
@@ -87,7 +76,9 @@ def resolve(backend: str) -> str:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
     avail = available_backends()
     if backend == "auto":
-        _say_fallback_once()
+        why = fallback_reason()
+        if why is not None:
+            warn_once("swap-backend-fallback", why)
         return avail[-1]
     if backend not in avail:
         if backend == "cpp":
