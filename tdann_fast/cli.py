@@ -2,7 +2,9 @@
 
     tdann-fast train --config FILE [key=value ...] [--resume [--fallback] | --from-stage N] [--stop-after N]
     tdann-fast swap CHECKPOINT [--out DIR] [key=value ...]       # stage 3 alone
-    tdann-fast demo [key=value ...]                               # the shipped demo config, then the MT analysis
+    tdann-fast demo [key=value ...]                               # the demo config: alpha and alpha-0 runs, analysed
+    tdann-fast sweep --config FILE --alphas 0,0.5 --seeds 0,1 [--out DIR] [--no-spatial-only] [--no-analysis]
+                     [key=value ...]                              # alpha x seed sweep from one stage-4 checkpoint
 
 The analysis package registers its own subcommands (``analyze``, ``sweep-report``) through
 ``tdann_fast.analysis.commands.register(subparsers)``.
@@ -113,68 +115,73 @@ def _cmd_swap(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- demo
 def _cmd_demo(args) -> int:
+    """The demo is a small sweep of the demo config (:func:`tdann_fast.sweep.run_sweep`): stages 1-4 once, then
+    stages 5-6 at the config's alpha and at alpha 0 from the same stage-4 checkpoint; each run is analysed beside a
+    random-init network and the alpha-0 control, and the verdicts are printed. Always resumable: a second call goes
+    on where the first stopped."""
     from tdann_fast.train.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
-    from tdann_fast.train.checkpoint import latest_checkpoint
-    from tdann_fast.train.trainer import train
+    cfg = load_config(args.config, args.overrides)  # every value checked here, before torch is imported
+    alpha = cfg.spatial.alpha
+    if isinstance(alpha, dict):
+        raise ConfigError(f"spatial.alpha: got {alpha!r}; the demo compares one alpha with alpha 0, give one number")
+    if args.resume and not Path(cfg.run_dir).exists():
+        raise ConfigError(f"--resume: run_dir {cfg.run_dir} does not exist, so there is no demo to continue (leave "
+                          f"out --resume to start one)")
+    alphas = [0.0] + ([float(alpha)] if float(alpha) > 0 else [])
+    seed = cfg.finetune_seed if cfg.finetune_seed is not None else 0
+    from tdann_fast.sweep import run_sweep
 
-    analysis_kwargs = _analysis_kwargs(cfg) if cfg.analysis.enabled else None  # checked before training
-    run_dir = Path(cfg.run_dir)
-    resume = args.resume or latest_checkpoint(run_dir) is not None
-    if resume and not args.resume:
-        print(f"{run_dir} already holds checkpoints: resuming (pass run_dir=... for a fresh run)")
     t0 = time.perf_counter()
-    summary = train(cfg, resume=resume)
-    _print_summary(summary)
-    report = None
-    if analysis_kwargs is not None:
-        from tdann_fast.analysis import analyze_checkpoint
-
-        t1 = time.perf_counter()
-        out_dir = run_dir / "analysis"
-        analyze_checkpoint(summary["latest_checkpoint"], out_dir, **analysis_kwargs)
-        summary["timings_s"]["analysis"] = time.perf_counter() - t1
-        print(f"analysis          : {summary['timings_s']['analysis']:8.1f} s -> {out_dir}")
-        report = next((str(p) for p in (out_dir / "report.md", out_dir / "README.md") if p.is_file()),
-                      str(out_dir))
+    manifest = run_sweep(args.config, alphas, [seed], out_dir=cfg.run_dir, spatial_only=False, random_init=True,
+                         timeline=True, analyze=cfg.analysis.enabled, overrides=args.overrides)
     total = time.perf_counter() - t0
-    summary["total_s"] = total
-    from tdann_fast._io import atomic_write_text
-
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
-    print(f"total             : {total:8.1f} s")
-    print(f"outputs           : checkpoints {run_dir}/stage*/checkpoint.pt, positions {run_dir}/stage*/sheets/, "
-          f"CSV {run_dir}/stage*/metrics.csv, TensorBoard {run_dir}/stage*/tensorboard"
-          + (f", report {report}" if report else ""))
+    if cfg.analysis.enabled:
+        print(f"\n== demo verdicts ({cfg.analysis.layer}) ==")
+        for run in sorted(manifest["runs"], key=lambda r: -r["alpha"]):
+            label = f"alpha {run['alpha']:g}" + (" (contrastive only)" if run["alpha"] == 0 else "")
+            print(f"{label:<28}: {_verdict_of(run.get('analysis_dir'))}")
+        print(f"{'random init':<28}: {_verdict_of(manifest['controls'].get('random_init'))}")
+        for entry in manifest["controls"].get("timeline", []):
+            print(f"{'stage ' + str(entry['stage']) + ' (' + entry['label'] + ')':<28}: "
+                  f"{_verdict_of(entry.get('analysis_dir'))}")
+        print(f"report            : {Path(cfg.run_dir) / 'report' / 'sweep_report.md'} (and "
+              f"{Path(cfg.run_dir) / 'analysis'}/<run>/report.md)")
+    print(f"total             : {total:8.1f} s (run dirs under {cfg.run_dir}/runs, shared stages 1-4 in "
+          f"{cfg.run_dir}/shared)")
     return 0
 
 
+def _verdict_of(analysis_dir) -> str:
+    if not analysis_dir:
+        return "not analysed"
+    path = Path(analysis_dir) / "metrics.json"
+    if not path.is_file():
+        return f"no metrics.json in {analysis_dir}"
+    return json.loads(path.read_text(encoding="utf-8")).get("verdict", "no verdict recorded")
+
+
 def _analysis_kwargs(cfg) -> dict:
-    """Keyword arguments for ``analyze_checkpoint`` from ``analysis.*``; unknown keys are a ConfigError, a missing
-    matplotlib a MissingDependencyError (both before any training)."""
-    import inspect
+    """``analyze_checkpoint`` keyword arguments from ``analysis.*`` (:func:`tdann_fast.sweep.analysis_kwargs`)."""
+    from tdann_fast.sweep import analysis_kwargs
 
-    from tdann_fast._deps import check
+    return analysis_kwargs(cfg)
 
-    check("analysis.enabled=true (the analysis draws PNG figures; or set analysis.enabled=false)", "matplotlib")
 
-    import torch
+# ------------------------------------------------------------------------------------------------------ sweep
+def _cmd_sweep(args) -> int:
+    from tdann_fast.sweep import check_sweep_args, parse_values, run_sweep
 
-    from tdann_fast.analysis.analyze import analyze_model
-
-    kwargs = dict(cfg.analysis.kwargs or {})
-    known = {name for name, p in inspect.signature(analyze_model).parameters.items()
-             if p.kind is not p.VAR_KEYWORD} - {"model", "sheet", "out_dir", "extra", "model_name"}
-    known |= {"num_directions", "spatial_freqs", "temporal_freqs", "num_phases"}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ConfigError(f"analysis.kwargs: got unknown argument(s) {unknown}; expected some of {sorted(known)}")
-    kwargs.setdefault("layer", cfg.analysis.layer)
-    kwargs.setdefault("progress", cfg.progress)
-    if cfg.device != "cpu" and torch.cuda.is_available():
-        kwargs.setdefault("device", "cuda")
-    return kwargs
+    alphas, seeds = check_sweep_args(parse_values(args.alphas, "--alphas", float),
+                                     parse_values(args.seeds, "--seeds", int))
+    t0 = time.perf_counter()
+    result = run_sweep(args.config, alphas, seeds, out_dir=args.out, spatial_only=not args.no_spatial_only,
+                       random_init=not args.no_random_init, timeline=not args.no_timeline,
+                       analyze=not args.no_analysis, overrides=args.overrides)
+    done = sum(r["complete"] for r in result["runs"])
+    print(f"sweep: {done}/{len(result['runs'])} runs complete in {time.perf_counter() - t0:.1f} s; manifest "
+          f"{result['manifest']}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------- parser
@@ -204,11 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. swap.steps=20000)")
     p.set_defaults(func=_cmd_swap)
 
-    p = sub.add_parser("demo", help="train the shipped demo config on the embedded videos, then analyse the MT layer")
+    p = sub.add_parser("demo", help="the demo config on the embedded videos: stages 1-4 once, stages 5-6 at its alpha "
+                                    "and at alpha 0, each analysed beside a random-init network; verdicts printed")
     p.add_argument("--config", default="demo", help="config to use (default: the shipped demo.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted demo")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted demo (an error when run_dir does not exist); without it the demo "
+                        "also continues where an earlier call stopped")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("sweep", help="alpha x seed sweep: stages 1-4 once, stages 5-6 per (alpha, seed), the "
+                                     "spatial-only run, the analyses and the controls (resumable as a whole)")
+    p.add_argument("--config", required=True, help="YAML file or shipped config name (smoke, demo, mt_gpu, mt_full)")
+    p.add_argument("--alphas", required=True, help="comma-separated spatial weights, e.g. 0,0.1,0.25,0.5,1.25,2.5 "
+                                                   "(0: the contrastive-only control)")
+    p.add_argument("--seeds", required=True, help="comma-separated fine-tuning seeds (finetune_seed), e.g. 0,1,2")
+    p.add_argument("--out", default=None, help="the sweep directory (default: the config's run_dir + '_sweep')")
+    p.add_argument("--no-spatial-only", action="store_true",
+                   help="leave out the spatial-only run (moco.weight=0 at the reference alpha, first seed)")
+    p.add_argument("--no-analysis", action="store_true", help="train only: no analyses, controls or report")
+    p.add_argument("--no-random-init", action="store_true", help="leave out the random-init control analysis")
+    p.add_argument("--no-timeline", action="store_true",
+                   help="leave out the analyses of the shared stage-2 and stage-3 checkpoints")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+    p.set_defaults(func=_cmd_sweep)
 
     from tdann_fast.analysis import commands as analysis_commands
 

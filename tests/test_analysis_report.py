@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tdann_fast.analysis import analyze_model, sweep_report
+from tdann_fast.analysis import analyze_model
 from tdann_fast.analysis.commands import register
 from tdann_fast.analysis.responses import grating_responses, layer_responses
 from tdann_fast.analysis.stimuli import DriftingGratings, StaticGratings
@@ -100,13 +100,27 @@ def test_analyze_model_writes_report(tmp_path, rng):
     for name in ("direction_map.png", "ptc.png", "metric_histograms.png", "delta_histogram.png"):
         assert (out / name).stat().st_size > 10_000
         _png_ok(out / name)
+    for name in ("map_spectrum.png", "preferred_histogram.png"):
+        _png_ok(out / name)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["kind"] == "direction" and saved["tuning"]["num_units"] == 16 * 64
     assert 0 <= saved["tuning"]["selective_fraction"] <= 1
-    assert saved["pinwheels"]["sigma_mm"] == pytest.approx(0.2)
+    assert saved["map"]["sigma_mm"] == pytest.approx(0.2) and saved["pinwheels"]["sigma_mm"] == pytest.approx(0.2)
+    assert saved["map"]["detected"] is False  # an untrained net on a jittered grid: no map
+    assert saved["border"]["margin_mm"] == pytest.approx(3.0 / 8, rel=0.05)  # one grid cell of the 8 x 8 layer
+    assert saved["border"]["units_in_band"] + saved["border"]["units_inside"] == 16 * 64
+    assert 0 <= saved["preferred_uniformity"]["p"] <= 1
     report = (out / "report.md").read_text()
-    assert "| metric | model | macaque reference |" in report
-    assert "4.9" in report and "Kaschube" in report and "Albright" in report and "to verify" in report
+    lines = report.splitlines()
+    assert lines[2] == f"**{saved['verdict']}**" and lines[2].startswith("**no direction map detected")
+    assert "| statistic | model | position-shuffled (mean ± sd) | p |" in report
+    assert "Kaschube" in report and "Albright" in report and "Not compared, and why" in report
+    # no macaque number beside a model number unless the definitions match; map references need a detected map
+    from tdann_fast.analysis.references import MT_REFERENCES
+
+    assert not any(getattr(r, "comparable", False) for r in MT_REFERENCES if r.metric == "pinwheel_density_per_mm2")
+    assert "4.9 mm⁻² [" not in report.split("## Macaque references")[0]
+    assert "DESIGN" not in report  # the report cites only files in the repository
     assert "![direction_map](direction_map.png)" in report
     npz = np.load(out / "tuning.npz")
     assert npz["responses"].shape == (16 * 64, 16)
@@ -129,36 +143,9 @@ def test_analyze_image_model_v1_path(tmp_path, rng):
     assert s.clips(range(len(s))).shape == (16, 3, 16, 16)
 
 
-def _fake_run(path, alpha, rng):
-    path.mkdir(parents=True)
-    m = {"kind": "direction", "alpha": alpha,
-         "tuning": {"selective_fraction": float(rng.uniform()), "median_fwhm_deg": float(rng.uniform(60, 120)),
-                    "median_circular_variance": float(rng.uniform()), "median_dsi": float(rng.uniform())},
-         "pinwheels": {"density_per_mm2": float(rng.uniform(1, 8)), "density_per_spacing2": 3.0}}
-    (path / "metrics.json").write_text(json.dumps(m))
-    return m
-
-
-def test_sweep_report_and_cli(tmp_path, rng):
-    alphas = [2.5, 0.0, 0.5]
-    runs = [tmp_path / f"run{i}" for i in range(3)]
-    made = [_fake_run(r, a, rng) for r, a in zip(runs, alphas)]
+def test_analyze_cli_arguments():
     parser = argparse.ArgumentParser(prog="tdann-fast")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sweep-report", *map(str, runs), "--out", str(tmp_path / "sweep")])
-    assert args.func(args) == 0
-    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    assert [r["alpha"] for r in rows] == [0.0, 0.5, 2.5]
-    assert rows[2]["median_dsi"] == pytest.approx(made[0]["tuning"]["median_dsi"])
-    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 10_000
-    _png_ok(tmp_path / "sweep" / "sweep.png")
-    assert "| alpha |" in (tmp_path / "sweep" / "sweep.md").read_text()
-    res = sweep_report(runs[:2], tmp_path / "s2", alphas=[1.0, 2.0])
-    assert [r["alpha"] for r in res["rows"]] == [1.0, 2.0]
-    with pytest.raises(ValueError, match="alphas"):
-        sweep_report(runs, tmp_path / "s3", alphas=[1.0])
-    with pytest.raises(FileNotFoundError):
-        sweep_report([tmp_path / "nope"], tmp_path / "s4")
     a = parser.parse_args(["analyze", "--random-init", "--out", "x", "--spatial-freqs", "2,4", "--phases", "1"])
     assert a.random_init and a.spatial_freqs == [2.0, 4.0] and a.func.__name__ == "run_analyze"
     with pytest.raises(ValueError, match="CHECKPOINT"):
@@ -190,7 +177,48 @@ def test_analyze_checkpoint_uses_the_bundle(tmp_path, rng, monkeypatch):
     assert seen["path"] == "some/run"
     assert m["alpha"] == 0.25 and m["stage"] == 6 and m["stimuli"]["mean"] == [0.4, 0.4, 0.4]
     assert m["num_stimuli"] == 8 and (tmp_path / "report.md").is_file()
+    # the random-init control ran on the same sheet and sits beside the model in the report
+    ctrl = json.loads((tmp_path / "controls" / "random_init" / "metrics.json").read_text())
+    assert ctrl["tuning"]["num_units"] == 16 * 64 and ctrl["checkpoint"].startswith("random init")
+    report = (tmp_path / "report.md").read_text()
+    assert "- control **random init**: " + ctrl["verdict"] in report
+    assert "| statistic | model | position-shuffled (mean ± sd) | p | random init |" in report
+    assert m["controls"]["random init"]["verdict"] == ctrl["verdict"]
     from tdann_fast.errors import ConfigError
 
     with pytest.raises(ConfigError, match="layer3.1"):
         analyze_checkpoint("some/run", tmp_path, layer="layer3.1", progress=False)
+
+
+def _map_metrics(positions, vectors, **kw):
+    from tdann_fast.analysis.maps import map_statistics
+
+    ms = map_statistics(positions, vectors, num_shuffles=10, seed=1, **kw)
+    return {"kind": "direction", "model": "synthetic", "layer": "L", "verdict": ms.verdict(), "map": ms.summary(),
+            "tuning": {"num_units": len(vectors), "selective_fraction": 0.5}}, ms
+
+
+@pytest.mark.parametrize("detected", [True, False])
+def test_verdict_line_opens_the_report(tmp_path, detected):
+    """A ground-truth map (ring-spectrum field, Λ = 0.6 mm) gives a 'detected' verdict with Λ and pinwheels per Λ²;
+    the same vectors position-shuffled give 'no direction map detected'; the report opens with that line and sets
+    the macaque map references beside the numbers only in the detected case (and only comparable ones)."""
+    from tdann_fast.analysis.maps import ring_spectrum_field
+    from tdann_fast.analysis.report import write_report
+
+    rng = np.random.default_rng(3)
+    pos = rng.uniform(0, 4.0, size=(4000, 2))
+    v = ring_spectrum_field(pos, 0.6, seed=3)
+    v = v / np.abs(v) * 0.8
+    if not detected:
+        v = v[rng.permutation(v.size)]
+    metrics, ms = _map_metrics(pos, v)
+    assert ms.detected is detected
+    path = write_report(metrics, tmp_path, {})
+    first = [ln for ln in open(path, encoding="utf-8").read().splitlines() if ln.strip()][1]
+    if detected:
+        assert first.startswith("**direction map detected: Λ = ")
+        assert abs(ms.spacing_mm - 0.6) < 0.06 and "pinwheels per Λ²" in first
+    else:
+        assert first.startswith("**no direction map detected: ")
+        assert "column spacing not resolved" in first or "smoothness" in first

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tdann_fast.data import (ClipAugment, ClipPairDataset, ResumableSampler, SyntheticMotion, VideoFolder,
-                             collate_pairs, drifting_gratings, embedded_video_paths, read_frames)
+from tdann_fast.data import (ClipAugment, ClipPairDataset, DriftingGratings, ResumableSampler, SyntheticMotion,
+                             VideoFolder, collate_pairs, embedded_video_paths, read_frames)
 from _videos import write_video
 
 
@@ -133,7 +133,15 @@ def test_augment_center_and_errors():
 
 
 def test_drifting_gratings_shape():
-    clips, meta = drifting_gratings(16, 6, directions=4, spatial_freqs=[0.1], temporal_freqs=[1.0], phases=2)
-    assert clips.shape == (8, 3, 6, 16, 16)
-    assert meta["direction_deg"].tolist() == [0, 0, 90, 90, 180, 180, 270, 270]
+    """The one grating generator (tdann_fast.data.gratings), also what the analysis imports."""
+    from tdann_fast.analysis.stimuli import DriftingGratings as analysis_gratings
+    from tdann_fast.analysis.stimuli import KINETICS_MEAN
+    from tdann_fast.data.normalization import KINETICS_MEAN as home_mean
+
+    assert analysis_gratings is DriftingGratings and KINETICS_MEAN is home_mean
+    g = DriftingGratings(frames=6, size=16, num_directions=4, spatial_freqs=[2.0], temporal_freqs=[0.25],
+                         num_phases=2)
+    clips = torch.cat(list(g.batches(3)))
+    assert clips.shape == (8, 3, 6, 16, 16) and len(g) == 8
+    assert np.degrees(g.conditions()[:, 0]).round().tolist() == [0, 0, 90, 90, 180, 180, 270, 270]
     assert not torch.allclose(clips[:, :, 0], clips[:, :, 1])  # drifting

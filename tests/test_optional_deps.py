@@ -107,7 +107,8 @@ def test_figures_without_matplotlib_name_the_extra(without, tmp_path):
 
     without("matplotlib")
     with pytest.raises(MissingDependencyError, match=r"tdann_fast\[analysis\]") as info:
-        figures.plot_sweep([0.0, 1.0], {"smoothness": [0.0, 0.1]}, tmp_path / "sweep.png")
+        figures.plot_preferred_histogram({}, {"preferred_inside": {}, "preferred_in_band": {}, "margin_mm": 0.1},
+                                         tmp_path / "hist.png")
     assert isinstance(info.value, (UserError, ImportError))
 
 

@@ -119,6 +119,7 @@ def test_large_windows_are_subsampled(rng):
     """A window holding >= 500 units works (a reference-code defect): subsampled to max_units."""
     n = 700
     pos = rng.uniform(0, 1.0, size=(n, 2))
+    pos[:2] = [[0.0, 0.0], [1.0, 1.0]]  # the sheet spans 1 mm whatever the draw (a 0.99 mm window must fit)
     resp = rng.normal(size=(10, n))
     _, stats = optimize_positions(resp, pos, 0.99, 20, steps_per_neighbourhood=10, backend="reference",
                                   progress=False)

@@ -44,7 +44,11 @@ def test_all_six_stages(smoke_run):
     assert set(summary["timings_s"]) == {f"stage{s}_{n}" for s, n in STAGES.items()}
     assert not list(run_dir.glob("stage*/.*.tmp"))
     stats = json.loads((stage_dir(run_dir, 3) / "swap_stats.json").read_text())
-    assert set(stats) == set(load_checkpoint(stage_dir(run_dir, 3) / "checkpoint.pt")["sheets"])
+    ck3 = load_checkpoint(stage_dir(run_dir, 3) / "checkpoint.pt")
+    assert set(stats["layers"]) == set(ck3["sheets"])
+    # the probe set is training clips by default, recorded in swap_stats.json and the stage-3 checkpoint
+    assert stats["probe"] == ck3["extra"]["probe"]
+    assert stats["probe"]["probe"] == "clips" and stats["probe"]["num_gratings"] == 0
 
 
 def test_positions_swapped_then_frozen(smoke_run):

@@ -1,7 +1,8 @@
 """Physiology analysis of topographic models (DESIGN §7): grating stimuli, tuning metrics, preference maps,
 pinwheels, figures and the report.
 
-Main entry points: :func:`analyze_checkpoint`, :func:`analyze_model`, :func:`tuning_metrics`, :func:`pinwheels`.
+Main entry points: :func:`analyze_checkpoint`, :func:`analyze_model`, :func:`tuning_metrics`, :func:`pinwheels`,
+:func:`map_statistics` (map statistics against position-shuffled nulls, and the map-detected verdict).
 Submodules are imported lazily (``import tdann_fast.analysis`` stays cheap).
 """
 from tdann_fast._lazy import lazy_exports
@@ -13,6 +14,8 @@ _LAZY = {
     "PinwheelResult": "pinwheels", "pinwheels": "pinwheels", "smooth_vector_field": "pinwheels",
     "winding_numbers": "pinwheels", "angles_to_vectors": "pinwheels",
     "adjacent_differences": "neighbours", "smoothness_curve": "neighbours",
+    "MapStatistics": "maps", "NullStat": "maps", "map_statistics": "maps", "rayleigh_test": "maps",
+    "ring_spectrum_field": "maps", "synthetic_tuning_map": "maps",
     "GratingResponses": "responses", "grating_responses": "responses", "layer_responses": "responses",
     "analyze_model": "analyze", "analyze_checkpoint": "analyze", "analyze_random_init": "analyze",
     "sweep_report": "sweep", "write_report": "report",

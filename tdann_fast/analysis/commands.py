@@ -5,7 +5,6 @@ Each subcommand sets ``func`` (``args.func(args) -> int`` exit status) with ``pa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 __all__ = ["register", "run_analyze", "run_sweep_report"]
@@ -34,7 +33,15 @@ def register(subparsers) -> None:
     p.add_argument("--size", type=int, default=None, help="clip side for --random-init (default 64; 224 resnet18)")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--sigma-mm", type=float, default=None, help="map smoothing width (default 3/sqrt(density))")
+    p.add_argument("--sigma-mm", type=float, default=None,
+                   help="pinwheel-counting width (default Λ/4 when Λ is resolved, else 3/sqrt(unit density))")
+    p.add_argument("--margin-mm", type=float, default=None,
+                   help="border band left out of the map statistics (default: one grid cell of the layer)")
+    p.add_argument("--shuffles", type=int, default=20, help="position-shuffled null maps (default 20)")
+    p.add_argument("--control", action="append", default=[], metavar="LABEL=DIR",
+                   help="another analysis to show beside this one, e.g. 'alpha 0=runs/a0/analysis' (repeatable)")
+    p.add_argument("--no-random-init-control", action="store_true",
+                   help="do not analyse a random-init network on the same sheet as a control")
     p.add_argument("--selective-threshold", type=float, default=0.5, help="DSI threshold (default 0.5)")
     p.add_argument("--directions", type=int, default=None, help="number of directions (default 16)")
     p.add_argument("--spatial-freqs", type=_floats, default=None, help="cycles/image, e.g. 2,4,8")
@@ -43,12 +50,17 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_analyze)
 
-    s = subparsers.add_parser("sweep-report", help="alpha-sweep plots from several analysed runs",
-                              description="Read metrics.json of every RUN_DIR and plot selective fraction, median "
-                                          "bandwidth, median CV, median DSI and pinwheel density against alpha.")
-    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    s = subparsers.add_parser(
+        "sweep-report", help="alpha-sweep figures and report from a sweep manifest (or analysed runs)",
+        description="Read a sweep manifest (sweep.json written by `tdann-fast sweep`, or the folder holding it) "
+                    "and write seed 001's Figs 2-6 (tuning, bandwidths, objectives, pinwheels, PTCs and maps "
+                    "against alpha), the map timeline, sweep_rows.json and sweep_report.md. The older form "
+                    "RUN_DIR RUN_DIR... reads each analysed run's metrics.json instead.")
+    s.add_argument("run_dirs", nargs="+", metavar="SWEEP_JSON|RUN_DIR",
+                   help="sweep.json (or its folder), or analysed run directories")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--alphas", type=_floats, default=None, help="alpha of each run (default: from metrics.json)")
+    s.add_argument("--alphas", type=_floats, default=None,
+                   help="alpha of each RUN_DIR (default: from metrics.json); not with a manifest")
     s.set_defaults(func=run_sweep_report)
 
 
@@ -66,11 +78,14 @@ def _stimulus_kw(args, video: bool) -> dict:
 
 
 def _print_summary(m) -> None:
-    t, pw = m["tuning"], m["pinwheels"]
+    t = m["tuning"]
+    print(m.get("verdict", ""))
     print(f"{m['model']} {m['layer']}: {t['num_units']} units, selective {t['selective_fraction']:.3f}, "
-          f"median {'DSI' if m['kind'] == 'direction' else 'OSI'} {t['median_dsi']:.3f}, median CV {t['median_circular_variance']:.3f}, "
-          f"median FWHM {t['median_fwhm_deg']:.1f} deg, pinwheels {pw['density_per_mm2']:.2f}/mm2 "
+          f"median {'DSI' if m['kind'] == 'direction' else 'OSI'} {t['median_dsi']:.3f}, median CV "
+          f"{t['median_circular_variance']:.3f}, median FWHM {t['median_fwhm_deg']:.1f} deg "
           f"({m['timing_s']['total']:.1f} s)")
+    for label, c in (m.get("controls") or {}).items():
+        print(f"control {label}: {c.get('verdict')}")
     print(f"report: {m['files']['report']}")
 
 
@@ -82,7 +97,14 @@ def run_analyze(args) -> int:
 
     from .analyze import analyze_checkpoint, analyze_random_init
 
-    common = dict(batch_size=args.batch_size, sigma_mm=args.sigma_mm, selective_threshold=args.selective_threshold)
+    common = dict(batch_size=args.batch_size, sigma_mm=args.sigma_mm, selective_threshold=args.selective_threshold,
+                  margin_mm=args.margin_mm, num_shuffles=args.shuffles)
+    controls = {}
+    for item in args.control:
+        label, sep, path = item.partition("=")
+        if not sep or not label.strip() or not path.strip():
+            raise ConfigError(f"--control: got {item!r}; expected LABEL=DIR (an analysis directory)")
+        controls[label.strip()] = path.strip()
     if args.random_init:
         if args.checkpoint:
             raise ConfigError("analyze: give either a CHECKPOINT or --random-init, not both")
@@ -90,24 +112,43 @@ def run_analyze(args) -> int:
         size = args.size or (64 if video else 224)
         m = analyze_random_init(args.out, arch=args.arch, frames=args.frames, size=size, layer=args.layer,
                                 seed=args.seed, device=args.device, progress=not args.no_progress,
-                                **common, **_stimulus_kw(args, video))
+                                controls=controls or None, **common, **_stimulus_kw(args, video))
     else:
         if not args.checkpoint:
             raise ConfigError("analyze: needs a CHECKPOINT (file or run directory) or --random-init")
         m = analyze_checkpoint(args.checkpoint, args.out, layer=args.layer or "layer3.1", device=args.device,
-                               progress=not args.no_progress, **common, **_stimulus_kw(args, True))
+                               progress=not args.no_progress, controls=controls or None,
+                               random_init_control=not args.no_random_init_control, **common,
+                               **_stimulus_kw(args, True))
     _print_summary(m)
     return 0
 
 
+def _is_manifest(arg) -> bool:
+    from pathlib import Path
+
+    p = Path(arg)
+    if p.is_dir():
+        return (p / "sweep.json").is_file() and not (p / "metrics.json").is_file()
+    return p.suffix == ".json" and p.name != "metrics.json"
+
+
 def run_sweep_report(args) -> int:
+    from tdann_fast.errors import ConfigError
+
     from .sweep import sweep_report
 
-    res = sweep_report(args.run_dirs, args.out, alphas=args.alphas)
-    for r in res["rows"]:
-        print(f"alpha {r['alpha']:g}: selective {r['selective_fraction']:.3f}, median DSI {r['median_dsi']:.3f}, "
-              f"pinwheels {r['pinwheel_density_per_mm2']:.2f}/mm2")
-    print(f"sweep plots: {res['files']['png']}")
+    if len(args.run_dirs) == 1 and _is_manifest(args.run_dirs[0]):
+        if args.alphas is not None:
+            raise ConfigError("--alphas: only for RUN_DIR lists; a sweep manifest carries each run's alpha")
+        res = sweep_report(args.run_dirs[0], args.out)
+    else:
+        res = sweep_report(args.run_dirs, args.out, alphas=args.alphas)
+    for v in res["verdicts"]:
+        print(v)
+    for note in res["skipped"]:
+        print(f"note: {note}")
+    print(f"sweep report: {res['files']['report']}")
     return 0
 
 

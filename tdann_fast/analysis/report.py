@@ -1,121 +1,251 @@
-"""The Markdown report: the metrics table against the macaque references, each with its source."""
+"""The Markdown report of one analysis: a verdict line first, then every statistic beside its controls.
+
+Rules the report keeps (so that it cannot be over-read):
+
+* it opens with one plain verdict line from :meth:`~tdann_fast.analysis.maps.MapStatistics.verdict` ("direction
+  map detected: ..." or "no direction map detected: ...");
+* every map statistic is shown beside its position-shuffled null (mean ± sd, p) and beside the controls given
+  (a random-init network, the α = 0 run);
+* a macaque reference sits beside a model number only when its definition matches the model's
+  (``Reference.comparable``), and a reference for a map statistic only when a map is detected; the others are
+  listed apart, with the reason;
+* the swap's probe set is stated, with a warning when it held the analysis stimuli (gratings).
+"""
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Mapping, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 from .references import SOURCES, Reference, references_for
 
-__all__ = ["metrics_table", "write_report"]
+__all__ = ["metrics_table", "map_table", "reference_shown", "verdict_line", "write_report"]
 
 
-def _fmt(v) -> str:
+def _fmt(v, digits: int = 3) -> str:
     if v is None:
-        return "-"
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         if math.isnan(v):
             return "n/a"
-        return f"{v:.3g}"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
-def _flat(metrics: Mapping) -> Dict[str, float]:
-    out = {}
-    out.update(metrics.get("tuning", {}))
-    pw = metrics.get("pinwheels", {})
-    out["pinwheel_density_per_mm2"] = pw.get("density_per_mm2")
-    out["density_per_spacing2"] = pw.get("density_per_spacing2")
-    out["spacing_mm"] = pw.get("spacing_mm")
-    return out
+def _null(m: Mapping, key: str) -> str:
+    mu, sd = m.get(f"{key}_null_mean"), m.get(f"{key}_null_sd")
+    if mu is None or (isinstance(mu, float) and math.isnan(mu)):
+        return "n/a"
+    return f"{_fmt(mu)} ± {_fmt(sd, 2)}"
 
 
-def metrics_table(metrics: Mapping) -> str:
-    """Markdown table: metric | model | macaque reference | sources | verified."""
+def reference_shown(r: Reference, detected: bool) -> bool:
+    """A reference sits beside the model's number only when comparable, and (map metrics) when a map is
+    detected."""
+    comparable = bool(getattr(r, "comparable", False))
+    if getattr(r, "map_metric", False):
+        return comparable and bool(detected)
+    return comparable
+
+
+def verdict_line(metrics: Mapping) -> str:
+    """The report's first line: the map verdict of :func:`~tdann_fast.analysis.maps.map_statistics`."""
+    v = metrics.get("verdict") or (metrics.get("map") or {}).get("verdict")
     kind = metrics.get("kind", "direction")
-    refs = references_for(kind)
-    flat = _flat(metrics)
-    keys = {r.metric for r in refs}
-    rows = ["| metric | model | macaque reference | sources | reference checked |", "|---|---|---|---|---|"]
-    for r in refs:
-        cites = ", ".join(f"[{s}]" for s in r.sources)
-        rows.append(f"| {r.label} | {_fmt(flat.get(r.metric))} | {r.text} | {cites} | "
-                    f"{'yes' if r.verified else 'no - to verify'} |")
-    extra = [("num_units", "units analysed"), ("responsive_fraction", "responsive fraction"),
-             ("selective_fraction", "selective fraction (DSI ≥ threshold)" if kind == "direction" else
-              "selective fraction (OSI ≥ threshold)"),
-             ("median_dsi", "median DSI" if kind == "direction" else "median OSI"),
-             ("median_dsi_normalised", "median normalised DSI"),
-             ("median_circular_variance", "median circular variance"),
-             ("fraction_cv_below_0.6", "fraction with CV < 0.6"),
-             ("median_fwhm_deg", "median von Mises FWHM (°)"), ("median_cv_bandwidth_deg", "median CV-derived bandwidth (°)"),
-             ("median_axial_share", "median axial share"), ("ptc_fwhm_deg", "PTC FWHM (°)"),
-             ("pinwheel_density_per_mm2", "pinwheel density (mm⁻²)"), ("spacing_mm", "column spacing Λ (mm)"),
-             ("density_per_spacing2", "pinwheels per Λ²")]
-    for key, label in extra:
-        if key in keys or key not in flat or flat.get(key) is None:
-            continue
-        if kind == "orientation" and key in ("median_axial_share", "median_dsi_normalised"):
-            continue
-        rows.append(f"| {label} | {_fmt(flat.get(key))} | - | - | - |")
+    return v if v else f"no {kind} map statistics in this analysis (metrics.json written by an older version)"
+
+
+def _control_value(ctrl: Mapping, section: str, key: str):
+    return ((ctrl or {}).get(section) or {}).get(key)
+
+
+def map_table(metrics: Mapping, controls: Mapping[str, Mapping] = ()) -> str:
+    """Markdown table of the map statistics: model | position-shuffled null (mean ± sd) | p | each control."""
+    m = metrics.get("map") or {}
+    labels = list(controls)
+    head = "| statistic | model | position-shuffled (mean ± sd) | p | " + " | ".join(labels) + (" |" if labels else "")
+    rows = [head.replace("|  |", "|"), "|" + "---|" * (4 + len(labels))]
+    items = [
+        ("map detected", "detected", None, None),
+        ("smoothness (neighbour vector correlation)", "smoothness", "smoothness", "smoothness_p"),
+        ("column spacing Λ (mm)", "spacing_mm", None, "spacing_p"),
+        ("Λ resolved", "spacing_resolved", None, None),
+        ("spectrum peak / max null", "spectrum_peak_ratio", None, None),
+        ("winding centres (count)", "num_pinwheels", None, None),
+        (f"winding centres per mm² at σ = {_fmt(m.get('sigma_mm'))} mm", "density_per_mm2", "density_per_mm2",
+         "density_per_mm2_p"),
+        ("pinwheels per Λ²", "density_per_spacing2", "density_per_spacing2", None),
+    ]
+    for label, key, null_key, p_key in items:
+        cells = [label, _fmt(m.get(key)), _null(m, null_key) if null_key else "-", _fmt(m.get(p_key)) if p_key else "-"]
+        cells += [_fmt(_control_value(controls[c], "map", key)) for c in labels]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def write_report(metrics: Mapping, out_dir, figures: Mapping[str, str]) -> str:
-    """Write ``report.md`` in ``out_dir`` and return its path."""
+_TUNING_ROWS = (
+    ("num_units", "units analysed"), ("responsive_fraction", "responsive fraction"),
+    ("selective_fraction", "selective fraction (DSI ≥ threshold)"), ("median_dsi", "median DSI"),
+    ("median_dsi_normalised", "median normalised DSI"), ("median_circular_variance", "median circular variance"),
+    ("fraction_cv_below_0.6", "fraction with CV < 0.6"), ("median_fwhm_deg", "median von Mises FWHM (°)"),
+    ("median_cv_bandwidth_deg", "median CV-derived bandwidth (°)"), ("median_axial_share", "median axial share"),
+    ("ptc_fwhm_deg", "PTC FWHM (°)"),
+)
+
+
+def metrics_table(metrics: Mapping, controls: Mapping[str, Mapping] = ()) -> str:
+    """Markdown table of the tuning metrics: model | each control | macaque reference (comparable ones only)."""
+    kind = metrics.get("kind", "direction")
+    refs = {r.metric: r for r in references_for(kind)}
+    detected = bool((metrics.get("map") or {}).get("detected", False))
+    t = metrics.get("tuning", {})
+    labels = list(controls)
+    rows = ["| metric | model | " + " | ".join(labels) + (" | " if labels else "") + "macaque (comparable only) |",
+            "|" + "---|" * (3 + len(labels))]
+    for key, label in _TUNING_ROWS:
+        if key not in t:
+            continue
+        if kind == "orientation":
+            if key in ("median_axial_share", "median_dsi_normalised"):
+                continue
+            label = label.replace("DSI", "OSI")
+        r = refs.get(key)
+        ref = f"{r.text} [{', '.join(r.sources)}]" if r is not None and reference_shown(r, detected) else "-"
+        cells = [label, _fmt(t.get(key))] + [_fmt(_control_value(controls[c], "tuning", key)) for c in labels]
+        rows.append("| " + " | ".join(cells + [ref]) + " |")
+    return "\n".join(rows)
+
+
+def _uniformity_text(u: Mapping, what: str) -> str:
+    if not u or not u.get("num_units"):
+        return f"{what}: no units"
+    within = u.get("fraction_within_quarter_of_mode", float("nan"))
+    return (f"{what} (n = {u['num_units']}): mean resultant length {_fmt(u.get('mean_resultant_length'))}, "
+            f"Rayleigh p = {_fmt(u.get('p'), 2)}, {100 * within:.1f} % within ±{u.get('period_deg', 360) / 8:g}° of "
+            f"the modal bin (25 % if uniform)")
+
+
+def _probe_lines(probe) -> List[str]:
+    if not probe:
+        return []
+    kind = probe.get("probe") if isinstance(probe, Mapping) else str(probe)
+    line = f"- **swap probe set**: {kind}"
+    if isinstance(probe, Mapping):
+        parts = [f"{k} {v}" for k, v in probe.items() if k != "probe" and v not in (None, [], 0)]
+        if parts:
+            line += " (" + ", ".join(parts) + ")"
+    out = [line]
+    if kind in ("gratings", "both"):
+        out.append("- **warning**: the swap optimised the positions on responses to drifting gratings, the kind of "
+                   "stimulus this analysis measures the map with; a map here is partly put in by the swap.")
+    return out
+
+
+def write_report(metrics: Mapping, out_dir, figures: Mapping[str, str],
+                 controls: Optional[Mapping[str, Mapping]] = None) -> str:
+    """Write ``report.md`` in ``out_dir`` and return its path. ``controls``: label → that analysis's metrics."""
     out_dir = Path(out_dir)
+    controls = dict(controls or {})
     kind = metrics.get("kind", "direction")
     area = "MT" if kind == "direction" else "V1"
     refs: Sequence[Reference] = references_for(kind)
-    used = []
-    for r in refs:
-        for s in r.sources:
-            if s not in used:
-                used.append(s)
-    lines = [f"# {area} analysis of `{metrics.get('model', 'model')}`, layer `{metrics.get('layer')}`", ""]
+    mp = metrics.get("map") or {}
+    detected = bool(mp.get("detected", False))
+    lines = [f"# {area} analysis of `{metrics.get('model', 'model')}`, layer `{metrics.get('layer')}`", "",
+             f"**{verdict_line(metrics)}**", ""]
+    for label, c in controls.items():
+        lines.append(f"- control **{label}**: {c.get('verdict') or verdict_line(c)}")
+    if controls:
+        lines.append("")
     meta = [("checkpoint", metrics.get("checkpoint")), ("stage", metrics.get("stage")), ("alpha", metrics.get("alpha")),
-            ("stimuli", metrics.get("stimuli_text")), ("units", metrics.get("tuning", {}).get("num_units")),
+            ("contrastive weight", metrics.get("moco_weight")), ("stimuli", metrics.get("stimuli_text")),
+            ("units", metrics.get("tuning", {}).get("num_units")),
             ("run time", f"{metrics.get('timing_s', {}).get('total', float('nan')):.1f} s")]
     for k, v in meta:
         if v is not None:
             lines.append(f"- **{k}**: {v}")
-    lines += ["", "## Metrics against the macaque references", "", metrics_table(metrics), ""]
-    t = metrics.get("tuning", {})
-    pw = metrics.get("pinwheels", {})
-    lines += [
-        "Definitions (DESIGN §7): responses are time-mean activations averaged over phases at each unit's best "
-        "spatial × temporal frequency; DSI = 1 - R_null/R_pref; CV = 1 - |Σ r e^{iθ}|/Σ r"
-        + (" (doubled angles for orientation)" if kind == "orientation" else "")
-        + f"; selective means DSI ≥ {t.get('selective_threshold', 0.5):g}; FWHM = 2·arccos(1 + ln 0.5/κ) of a fitted "
-        "von Mises; the CV-derived bandwidth is the FWHM of the von Mises with the same CV. Medians are over "
-        "responsive units.",
-        "",
-        f"Pinwheels: the vector field of the units' normalised vector sums smoothed with a Gaussian of σ = "
-        f"{_fmt(pw.get('sigma_mm'))} mm on a {_fmt(pw.get('grid_mm'))} mm grid; centres are ±1 winding numbers "
-        f"around grid plaquettes ({pw.get('num_positive', 0)} positive, {pw.get('num_negative', 0)} negative over "
-        f"{_fmt(pw.get('area_mm2'))} mm²). The density depends on σ: compare models at the same σ.",
-        "",
-        "## Figures",
-        "",
-    ]
+    lines += _probe_lines(metrics.get("probe"))
+    border = metrics.get("border") or {}
+    lines += ["", "## The map against its nulls", "",
+              f"Measured inside the sheet less a border band of {_fmt(border.get('margin_mm', mp.get('margin_mm')))} mm "
+              f"({border.get('units_inside', 'n/a')} units inside, {border.get('units_in_band', 'n/a')} in the band), "
+              f"on {_fmt(mp.get('area_mm2'))} mm², against {mp.get('num_shuffles', 'n/a')} position-shuffled maps "
+              "(same tuning, positions permuted) at the same σ and grid.", "",
+              map_table(metrics, controls), "",
+              "A map counts as detected only when its smoothness is significant (p < 0.01) and above the shuffled "
+              "mean + 3 sd, and the column spacing Λ is resolved (an interior spectral peak above every shuffled "
+              "spectrum). Winding centres of an undetected map are the zeros of smoothed noise, not pinwheels: their "
+              "density depends on σ only (see the density-against-σ figure).", "",
+              "## Tuning beside the controls", "", metrics_table(metrics, controls), ""]
+    u = metrics.get("preferred_uniformity") or {}
+    lines += ["## Population bias and the border band", "",
+              "- " + _uniformity_text(u, "preferred directions of the selective units" if kind == "direction"
+                                      else "preferred orientations of the selective units"),
+              "- " + _uniformity_text(border.get("preferred_inside") or {}, "inside the border margin"),
+              "- " + _uniformity_text(border.get("preferred_in_band") or {}, "in the border band"), "",
+              "A shared bias of the preferred angles is not a map: smoothing turns it into one colour over the "
+              "sheet. The smoothness statistic removes the population mean vector before comparing neighbours.", ""]
+    lines += ["## Figures", ""]
     captions = {
-        "direction_map": "Preference map (hue) with positive (white) and negative (black) pinwheel centres; right: "
-                         "the units coloured by preferred angle.",
-        "ptc": "Population tuning curve (curves aligned at the preferred angle, peak-normalised, averaged).",
-        "metric_histograms": "Metric distributions; green dashed lines are macaque references.",
-        "delta_histogram": "Preferred-angle difference between adjacent units vs a position-shuffled null; "
-                           "smoothness curve.",
+        "direction_map": "Smoothed preference map (hue: preferred angle; brightness: vector length) with +1 "
+                         "(white) and -1 (black) winding centres; the dashed box is the region used for the "
+                         "statistics. Middle: the selective units coloured by preference. Right: one "
+                         "position-shuffled null at the same σ.",
+        "map_spectrum": "Radial power spectrum of the map against the shuffled nulls (mean ± 2 sd), and the "
+                        "winding-centre density against σ for map and null.",
+        "preferred_histogram": "Preferred angles of the selective units with the Rayleigh test; inside vs in the "
+                               "border band.",
+        "ptc": "Population tuning curve (curves aligned at the preferred angle, peak-normalised, averaged); the "
+               "dotted line is half height between the curve's minimum and its value at offset 0.",
+        "metric_histograms": "Metric distributions over responsive units; green dashed lines are macaque values "
+                             "only where the definitions match.",
+        "delta_histogram": "Preferred-angle difference between adjacent units vs a position-shuffled null; mean "
+                           "difference against cortical distance.",
     }
     for key, path in figures.items():
-        name = Path(path).name
-        lines += [f"![{key}]({name})", "", f"*{captions.get(key, key)}*", ""]
-    lines += ["## Sources", ""]
+        if key == "report":
+            continue
+        lines += [f"![{key}]({Path(path).name})", "", f"*{captions.get(key, key)}*", ""]
+    shown = [r for r in refs if reference_shown(r, detected)]
+    apart = [r for r in refs if not reference_shown(r, detected)]
+    lines += ["## Macaque references", ""]
+    if shown:
+        lines.append("Shown beside the model above: " + "; ".join(f"{r.label} ({r.text})" for r in shown) + ".")
+    else:
+        lines.append("No macaque reference is set beside a model number in this report.")
+    lines += ["", "Not compared, and why:", ""]
+    for r in apart:
+        why = []
+        if not getattr(r, "comparable", False):
+            why.append("the definitions differ or are not yet known")
+        if getattr(r, "map_metric", False) and not detected:
+            why.append("no map is detected")
+        if not r.verified:
+            why.append("not yet checked against the primary paper")
+        lines.append(f"- {r.label}: {r.text} [{', '.join(r.sources)}] — {'; '.join(why) or 'n/a'}"
+                     f"{'. ' + r.note if r.note else ''}")
+    used: List[str] = []
+    for r in refs:
+        for s in r.sources:
+            if s not in used:
+                used.append(s)
+    t = metrics.get("tuning", {})
+    lines += [
+        "", "## Definitions", "",
+        "Responses are time-mean activations averaged over phases at each unit's best spatial × temporal "
+        "frequency; DSI = 1 - R_null/R_pref; CV = 1 - |Σ r e^{iθ}|/Σ r"
+        + (" (doubled angles for orientation)" if kind == "orientation" else "")
+        + f"; selective means DSI ≥ {t.get('selective_threshold', 0.5):g}; FWHM = 2·arccos(1 + ln 0.5/κ) of a "
+        "fitted von Mises; the CV-derived bandwidth is the FWHM of the von Mises with the same CV. Medians are over "
+        "responsive units. The map statistics are defined in the docstring of `tdann_fast/analysis/maps.py`, the "
+        "tuning metrics in `tdann_fast/analysis/tuning.py`.",
+        "", "## Sources", ""]
     for s in used:
         lines.append(f"- [{s}] {SOURCES[s]}")
-    lines += ["", "## Reference status", ""]
-    for r in refs:
-        lines.append(f"- {r.label}: {r.text} - {'checked' if r.verified else 'not yet checked against the primary paper'}"
-                     f"{'; ' + r.note if r.note else ''}.")
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from tdann_fast._io import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return str(path)

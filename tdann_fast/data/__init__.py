@@ -1,14 +1,29 @@
-"""Video data: folders of videos, the embedded default set, synthetic motion, clip augmentation, fault records."""
-from .augment import AugmentParams, ClipAugment
-from .decode import TruncatedVideoError, VideoReadError, count_frames, read_all_frames, read_frames
-from .embedded import EMBEDDED_VIDEO_NAMES, embedded_default, embedded_video_paths, embedded_videos
-from .gratings import drifting_gratings
-from .pairs import ClipPairDataset, ResumableSampler, collate_pairs
-from .synthetic import SyntheticMotion
-from .video_folder import (VIDEO_EXTENSIONS, ConcatSource, VideoFault, VideoFolder, format_fault_table,
-                           summarize_faults)
+"""Video data: folders of videos, the embedded default set, synthetic motion, clip augmentation, fault records,
+grating stimuli, the normalisation constants and the motion directions of a video source.
 
-__all__ = ["AugmentParams", "ClipAugment", "count_frames", "read_all_frames", "read_frames", "EMBEDDED_VIDEO_NAMES",
-           "embedded_default", "embedded_video_paths", "embedded_videos", "drifting_gratings", "ClipPairDataset",
-           "ResumableSampler", "collate_pairs", "SyntheticMotion", "VIDEO_EXTENSIONS", "ConcatSource", "VideoFolder",
-           "VideoReadError", "TruncatedVideoError", "VideoFault", "summarize_faults", "format_fault_table"]
+Names are imported lazily (``tdann_fast._lazy``): reading the constants of :mod:`tdann_fast.data.normalization`
+(as the config does) does not import torch.
+"""
+from tdann_fast._lazy import lazy_exports
+
+_LAZY = {
+    "AugmentParams": "augment", "ClipAugment": "augment",
+    "TruncatedVideoError": "decode", "VideoReadError": "decode", "count_frames": "decode",
+    "read_all_frames": "decode", "read_frames": "decode",
+    "EMBEDDED_VIDEO_NAMES": "embedded", "embedded_default": "embedded", "embedded_video_paths": "embedded",
+    "embedded_videos": "embedded",
+    "DriftingGratings": "gratings", "StaticGratings": "gratings",
+    "KINETICS_MEAN": "normalization", "KINETICS_STD": "normalization", "IMAGENET_MEAN": "normalization",
+    "IMAGENET_STD": "normalization",
+    "MotionDirections": "motion", "clip_motion": "motion", "frame_displacement": "motion",
+    "motion_direction_histogram": "motion",
+    "ClipPairDataset": "pairs", "ResumableSampler": "pairs", "collate_pairs": "pairs",
+    "SyntheticMotion": "synthetic",
+    "VIDEO_EXTENSIONS": "video_folder", "ConcatSource": "video_folder", "VideoFault": "video_folder",
+    "VideoFolder": "video_folder", "format_fault_table": "video_folder", "summarize_faults": "video_folder",
+}
+
+__all__ = sorted(_LAZY)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .normalization import KINETICS_MEAN, KINETICS_STD
+
 _GRAY = (0.299, 0.587, 0.114)
 
 
@@ -40,8 +42,7 @@ class ClipAugment:
     def __init__(self, size: int, scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
                  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1,
                  p_jitter: float = 0.8, p_grayscale: float = 0.2, p_flip: float = 0.5,
-                 mean: Sequence[float] = (0.43216, 0.394666, 0.37645),
-                 std: Sequence[float] = (0.22803, 0.22145, 0.216989)):
+                 mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD):
         if int(size) < 1:
             raise ValueError(f"size: expected a positive integer, got {size!r}")
         if not 0 < scale[0] <= scale[1] <= 1:

@@ -1,47 +1,175 @@
-"""Full-field drifting sine gratings (the stage-3 probe set; the analysis package has its own richer stimuli)."""
+"""Grating stimuli, the package's one generator: drifting sine gratings (video models) and static gratings (image
+models), DESIGN §7. The analysis measures tuning with them; the stage-3 swap uses them as its probe set only when
+asked (``swap.probe: gratings | both``).
+
+Units and geometry: x runs to the right along image columns, y runs **up** (against the row index), so a direction
+θ is counter-clockwise on screen: θ = 0 moves rightwards, θ = 90° upwards. Spatial frequencies are in **cycles per
+image width** (so a stimulus set means the same at 64 and 112 pixels); temporal frequencies in **cycles per
+frame**. A drifting grating of direction θ is ``0.5 + 0.5·c·sin(2π(f·(x cosθ + y sinθ) - tf·t) + φ)`` in [0, 1]
+(x, y in image widths, measured at pixel centres; t in frames), then normalised per channel with the model's
+``mean`` and ``std`` (grey, identical in all three channels).
+"""
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Tuple
 
+import numpy as np
 import torch
 
+from .normalization import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD
 
-def drifting_gratings(size: int, frames: int, directions: int = 16, spatial_freqs: Sequence[float] = (0.04, 0.08),
-                      temporal_freqs: Sequence[float] = (2.0,), phases: int = 2, contrast: float = 1.0,
-                      mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25)
-                      ) -> tuple[torch.Tensor, dict]:
-    """Gratings drifting in ``directions`` equally spaced directions.
+__all__ = ["DriftingGratings", "StaticGratings"]
 
-    Args:
-        size: clip side in pixels. frames: clip length.
-        spatial_freqs: cycles per pixel. temporal_freqs: cycles per clip. phases: starting phases per condition.
 
-    Returns:
-        (clips, meta): clips float32 (S, 3, frames, size, size), normalised with ``mean``/``std``; meta holds
-        per-stimulus ``direction_deg``, ``spatial_freq``, ``temporal_freq``, ``phase`` tensors.
+def _check_triple(v, name):
+    t = tuple(float(x) for x in v)
+    if len(t) != 3:
+        raise ValueError(f"{name} must hold 3 numbers (one per RGB channel), got {v!r}")
+    if name == "std" and any(x <= 0 for x in t):
+        raise ValueError(f"std must be positive, got {v!r}")
+    return t
+
+
+def _check_positive_list(v, name):
+    t = tuple(float(x) for x in (v if isinstance(v, (list, tuple, np.ndarray)) else [v]))
+    if not t or any(not (x > 0 and math.isfinite(x)) for x in t):
+        raise ValueError(f"{name} must be a non-empty list of positive numbers, got {v!r}")
+    return t
+
+
+@dataclass
+class DriftingGratings:
+    """Full-field drifting sine gratings: ``directions`` × ``spatial_freqs`` × ``temporal_freqs`` × ``phases``.
+
+    Stimulus ``i`` enumerates (direction, sf, tf, phase) in C order (see :meth:`conditions`). Clips are made on
+    demand in batches (:meth:`batches`), shape (B, 3, frames, size, size), float32, normalised.
     """
-    if directions < 1 or phases < 1 or size < 1 or frames < 1:
-        raise ValueError("drifting_gratings: size, frames, directions and phases must be positive")
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
-    t = torch.arange(frames, dtype=torch.float32)
-    clips, meta = [], {"direction_deg": [], "spatial_freq": [], "temporal_freq": [], "phase": []}
-    for d in range(directions):
-        theta = 2 * math.pi * d / directions
-        proj = xs * math.cos(theta) - ys * math.sin(theta)  # image y points down: direction is counter-clockwise
-        for sf in spatial_freqs:
-            for tf in temporal_freqs:
-                for ph in range(phases):
-                    phi0 = 2 * math.pi * ph / phases
-                    arg = 2 * math.pi * sf * proj[None] - 2 * math.pi * tf * t[:, None, None] / frames + phi0
-                    lum = 0.5 + 0.5 * contrast * torch.sin(arg)  # (T, H, W)
-                    clips.append(lum)
-                    meta["direction_deg"].append(360.0 * d / directions)
-                    meta["spatial_freq"].append(float(sf))
-                    meta["temporal_freq"].append(float(tf))
-                    meta["phase"].append(phi0)
-    lum = torch.stack(clips)[:, None].expand(-1, 3, -1, -1, -1)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1, 1)
-    return ((lum - m) / s).contiguous(), {k: torch.tensor(v) for k, v in meta.items()}
+
+    frames: int = 16
+    size: int = 112
+    num_directions: int = 16
+    spatial_freqs: Sequence[float] = (2.0, 4.0, 8.0)    # cycles per image width
+    temporal_freqs: Sequence[float] = (0.0625, 0.125)   # cycles per frame
+    num_phases: int = 2
+    contrast: float = 1.0
+    mean: Sequence[float] = KINETICS_MEAN
+    std: Sequence[float] = KINETICS_STD
+
+    def __post_init__(self):
+        for name in ("frames", "size", "num_directions", "num_phases"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.num_directions < 4 or self.num_directions % 2:
+            raise ValueError(f"num_directions must be an even integer >= 4, got {self.num_directions}")
+        self.spatial_freqs = _check_positive_list(self.spatial_freqs, "spatial_freqs")
+        self.temporal_freqs = _check_positive_list(self.temporal_freqs, "temporal_freqs")
+        if not (0 < float(self.contrast) <= 1):
+            raise ValueError(f"contrast must be in (0, 1], got {self.contrast!r}")
+        self.mean = _check_triple(self.mean, "mean")
+        self.std = _check_triple(self.std, "std")
+
+    period = 2 * math.pi
+
+    @property
+    def directions(self) -> np.ndarray:
+        """Directions of motion in radians, ``2π k / num_directions``."""
+        return np.arange(self.num_directions) * (2 * math.pi / self.num_directions)
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """(directions, spatial freqs, temporal freqs, phases)."""
+        return (self.num_directions, len(self.spatial_freqs), len(self.temporal_freqs), self.num_phases)
+
+    def __len__(self) -> int:
+        return int(np.prod(self.shape))
+
+    def conditions(self) -> np.ndarray:
+        """(len, 4) array of (direction rad, sf, tf, phase rad) in stimulus order."""
+        phases = np.arange(self.num_phases) * (2 * math.pi / self.num_phases)
+        return np.array(list(itertools.product(self.directions, self.spatial_freqs, self.temporal_freqs, phases)))
+
+    def clips(self, indices: Sequence[int]) -> torch.Tensor:
+        cond = torch.as_tensor(self.conditions()[np.asarray(indices)], dtype=torch.float32)
+        th, sf, tf, ph = (cond[:, i].view(-1, 1, 1, 1) for i in range(4))
+        coords = (torch.arange(self.size, dtype=torch.float32) + 0.5) / self.size  # image widths
+        x = coords.view(1, 1, 1, -1)
+        y = (1.0 - coords).view(1, 1, -1, 1)  # y up
+        t = torch.arange(self.frames, dtype=torch.float32).view(1, -1, 1, 1)
+        arg = 2 * math.pi * (sf * (x * torch.cos(th) + y * torch.sin(th)) - tf * t) + ph
+        lum = 0.5 + 0.5 * float(self.contrast) * torch.sin(arg)  # (B, T, H, W)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1, 1)
+        return (lum.unsqueeze(1) - mean) / std
+
+    def batches(self, batch_size: int = 16) -> Iterator[torch.Tensor]:
+        for s in range(0, len(self), batch_size):
+            yield self.clips(range(s, min(s + batch_size, len(self))))
+
+
+@dataclass
+class StaticGratings:
+    """Static sine gratings for image models: ``orientations`` × ``spatial_freqs`` × ``phases``.
+
+    Orientation θ in [0, π) is the direction of the grating's wave vector (the bars run perpendicular to it).
+    Images (B, 3, size, size), float32, normalised.
+    """
+
+    size: int = 224
+    num_orientations: int = 8
+    spatial_freqs: Sequence[float] = (4.0, 8.0, 16.0, 32.0)   # cycles per image width
+    num_phases: int = 4
+    contrast: float = 1.0
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+
+    def __post_init__(self):
+        for name in ("size", "num_orientations", "num_phases"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.num_orientations < 4 or self.num_orientations % 2:
+            raise ValueError(f"num_orientations must be an even integer >= 4, got {self.num_orientations}")
+        self.spatial_freqs = _check_positive_list(self.spatial_freqs, "spatial_freqs")
+        if not (0 < float(self.contrast) <= 1):
+            raise ValueError(f"contrast must be in (0, 1], got {self.contrast!r}")
+        self.mean = _check_triple(self.mean, "mean")
+        self.std = _check_triple(self.std, "std")
+
+    period = math.pi
+
+    @property
+    def directions(self) -> np.ndarray:
+        """Orientations in radians, ``π k / num_orientations``."""
+        return np.arange(self.num_orientations) * (math.pi / self.num_orientations)
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """(orientations, spatial freqs, 1, phases) -- the same layout as drifting gratings (one 'tf')."""
+        return (self.num_orientations, len(self.spatial_freqs), 1, self.num_phases)
+
+    def __len__(self) -> int:
+        return int(np.prod(self.shape))
+
+    def conditions(self) -> np.ndarray:
+        phases = np.arange(self.num_phases) * (2 * math.pi / self.num_phases)
+        return np.array(list(itertools.product(self.directions, self.spatial_freqs, [0.0], phases)))
+
+    def clips(self, indices: Sequence[int]) -> torch.Tensor:
+        cond = torch.as_tensor(self.conditions()[np.asarray(indices)], dtype=torch.float32)
+        th, sf, _, ph = (cond[:, i].view(-1, 1, 1) for i in range(4))
+        coords = (torch.arange(self.size, dtype=torch.float32) + 0.5) / self.size
+        x = coords.view(1, 1, -1)
+        y = (1.0 - coords).view(1, -1, 1)
+        arg = 2 * math.pi * sf * (x * torch.cos(th) + y * torch.sin(th)) + ph
+        lum = 0.5 + 0.5 * float(self.contrast) * torch.sin(arg)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (lum.unsqueeze(1) - mean) / std
+
+    def batches(self, batch_size: int = 32) -> Iterator[torch.Tensor]:
+        for s in range(0, len(self), batch_size):
+            yield self.clips(range(s, min(s + batch_size, len(self))))

@@ -19,6 +19,10 @@ with ``weights_only=True``: opening one never runs code. To stay compact it stor
   previous stage's (frozen positions) hard-links those files instead of writing them again;
 * optimiser, scheduler and grad-scaler state: only in the checkpoints of a stage still running (a finished
   stage is never resumed; the next stage starts its own optimiser).
+
+``extra`` holds what a stage adds: stage 3 the swap statistics (``extra["swap"]``) and the probe set it swapped on
+(``extra["probe"]``: kind, counts, grating frequencies); every later checkpoint carries ``extra["probe"]`` forward
+(a run started from another run's checkpoint too), so a stage-6 checkpoint knows its probe set.
 """
 from __future__ import annotations
 
@@ -32,11 +36,11 @@ import torch.nn as nn
 from tdann_fast._io import atomic_save, safe_load
 from tdann_fast.errors import DamagedFileError
 
-from .config import IMAGENET_MEAN, IMAGENET_STD
+from tdann_fast.data.normalization import KINETICS_MEAN, KINETICS_STD
 
 __all__ = ["FORMAT", "CHECKPOINT_NAME", "STAGES", "stage_dir", "checkpoint_path", "latest_checkpoint",
            "existing_checkpoints", "load_checkpoint", "save_checkpoint", "sheet_digest", "sheets_from_state",
-           "AnalysisBundle", "load_for_analysis", "atomic_save"]
+           "checkpoint_status", "AnalysisBundle", "load_for_analysis", "atomic_save"]
 
 FORMAT = "tdann_fast.checkpoint/2"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -152,6 +156,35 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
+def checkpoint_status(path: str | Path) -> dict | None:
+    """``{"stage", "step", "complete"}`` of a checkpoint file, read without copying its tensors (memory-mapped),
+    or None when the file does not exist. A damaged file raises :class:`~tdann_fast.errors.DamagedFileError`."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - read again the careful way, which names what is wrong
+        ckpt = safe_load(path, "checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DamagedFileError(path, f"not a tdann_fast training checkpoint of format {FORMAT!r}")
+    return {"stage": ckpt.get("stage"), "step": int(ckpt.get("step", 0)), "complete": bool(ckpt.get("complete"))}
+
+
+def probe_record(ckpt: dict) -> dict | None:
+    """The stage-3 probe set a loaded checkpoint's positions were swapped on (``extra["probe"]``); for a checkpoint
+    written without it, the record of its run's stage-3 checkpoint when there is one; None before stage 3."""
+    found = (ckpt.get("extra") or {}).get("probe")
+    if found is not None or int(ckpt.get("stage") or 0) < 3 or not ckpt.get("path"):
+        return found
+    stage3 = checkpoint_path(Path(ckpt["path"]).parent.parent, 3)
+    if stage3.is_file() and stage3.resolve() != Path(ckpt["path"]).resolve():
+        return (safe_load(stage3, "checkpoint").get("extra") or {}).get("probe")
+    return None
+
+
 def sheets_from_state(state: dict | None) -> dict:
     from tdann_fast.sheet import CorticalSheet
 
@@ -178,6 +211,8 @@ class AnalysisBundle:
     step: int = 0
     complete: bool = True
     path: str = ""
+    probe: dict | None = None              # the stage-3 probe set of the positions (None before stage 3)
+    moco_weight: float = 1.0               # weight of the contrastive loss the stage trained with
 
 
 def load_for_analysis(path: str | Path, map_location="cpu") -> AnalysisBundle:
@@ -196,7 +231,8 @@ def load_for_analysis(path: str | Path, map_location="cpu") -> AnalysisBundle:
     data = cfg.get("data", {})
     return AnalysisBundle(
         encoder=encoder, sheets=sheets_from_state(ckpt.get("sheets")), frames=int(data.get("frames", 16)),
-        size=int(data.get("size", 112)), mean=tuple(data.get("mean", IMAGENET_MEAN)),
-        std=tuple(data.get("std", IMAGENET_STD)), stage=ckpt.get("stage"),
+        size=int(data.get("size", 112)), mean=tuple(data.get("mean", KINETICS_MEAN)),
+        std=tuple(data.get("std", KINETICS_STD)), stage=ckpt.get("stage"),
         alpha=ckpt.get("alpha", 0.0), config=cfg, step=int(ckpt.get("step", 0)),
-        complete=bool(ckpt.get("complete", False)), path=ckpt["path"])
+        complete=bool(ckpt.get("complete", False)), path=ckpt["path"], probe=probe_record(ckpt),
+        moco_weight=float(ckpt.get("moco_weight", 1.0)))

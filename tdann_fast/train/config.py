@@ -25,11 +25,11 @@ from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 import yaml
 
 from tdann_fast._options import LOSS_BACKENDS, LOSS_VARIANTS, SWAP_BACKENDS, SWAP_OBJECTIVES, TIME_REDUCTIONS
+from tdann_fast.data.normalization import KINETICS_MEAN, KINETICS_STD
 from tdann_fast.errors import ConfigError
 from tdann_fast.presets import r3d18_layer_shapes
 
-IMAGENET_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision Kinetics-400 video normalisation
-IMAGENET_STD = (0.22803, 0.22145, 0.216989)
+SWAP_PROBES = ("clips", "gratings", "both")
 
 
 @dataclass
@@ -63,8 +63,8 @@ class DataConfig:
     clips_per_epoch: int = 0        # virtual epoch length in samples (0: number of videos)
     num_workers: int = 2
     cache_in_memory: bool = False   # decode every folder video once and keep it in RAM at load_size
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
+    mean: tuple = KINETICS_MEAN     # torchvision's Kinetics-400 video normalisation (tdann_fast.data.normalization)
+    std: tuple = KINETICS_STD
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -76,6 +76,8 @@ class MocoConfig:
     momentum: float = 0.999
     temperature: float = 0.2
     shuffle_bn: bool = True         # shuffle-BN across ranks when the world size is > 1
+    weight: float = 1.0             # weight of the contrastive loss in stages 5-6 (stage 1 always uses 1); with
+                                    # spatial.alpha > 0, 0 is the spatial-only objective
 
 
 @dataclass
@@ -102,17 +104,24 @@ class StageSchedule:
 
 @dataclass
 class SwapConfig:
-    """Stage 3: swap-optimise positions on the pre-trained network's responses to a probe set."""
+    """Stage 3: swap-optimise positions on the pre-trained network's responses to a probe set.
 
-    steps: int = 100000
+    The probe set is training data (``probe: clips``, centre crops of training clips) unless the user asks for the
+    analysis stimuli (``gratings``: drifting gratings of :class:`tdann_fast.data.DriftingGratings`; ``both``).
+    """
+
+    steps: int = 100000             # swap trials per layer (unless steps_per_layer says otherwise)
     objective: str = "tdann"
     backend: str = "auto"
-    probe_clips: int = 64           # video clips in the probe set (centre crops of the training data)
+    probe: str = "clips"            # "clips" | "gratings" | "both"
+    probe_clips: int = 128          # training clips in the probe set (centre crops of dataset samples 0..n-1)
     grating_directions: int = 16
-    grating_spatial_freqs: list = field(default_factory=lambda: [0.04, 0.08])   # cycles / pixel
-    grating_temporal_freqs: list = field(default_factory=lambda: [2.0])        # cycles / clip
+    grating_spatial_freqs: list = field(default_factory=lambda: [2.0, 4.0])    # cycles / image width
+    grating_temporal_freqs: list = field(default_factory=lambda: [0.125])     # cycles / frame
     grating_phases: int = 2
     probe_batch_size: int = 16
+    layers: list | None = None      # the layers whose positions are swapped (None: every layer with a sheet)
+    steps_per_layer: dict | None = None  # {layer: steps} overrides of ``steps`` (e.g. {layer3.1: 2000000})
 
 
 @dataclass
@@ -128,6 +137,8 @@ class AnalysisConfig:
 class TrainConfig:
     run_dir: str = "runs/default"
     seed: int = 0
+    finetune_seed: int | None = None  # seed of stages 5-6 (data order, augmentation, neighbourhood sampling);
+                                      # None: they go on with the RNG streams of the stages before
     device: str = "auto"            # "auto" | "cpu" | "cuda"
     precision: str = "bf16"         # "bf16" (autocast on CUDA only) | "fp16" (CUDA, GradScaler) | "fp32"
     batch_size: int = 8             # clips per rank per step
@@ -293,6 +304,53 @@ def _layers(key, value):
     return list(value)
 
 
+def _optional(rule: Rule, what: str = "null") -> Rule:
+    def optional(key, value):
+        if value is None:
+            return None
+        try:
+            return rule(key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} or {what}") from None
+    return optional
+
+
+def _even_int(lo: int) -> Rule:
+    expected = f"an even integer >= {lo}"
+
+    def rule(key, value):
+        v = _number(key, value, expected)
+        if float(v) != int(v) or v < lo or int(v) % 2:
+            _fail(key, value, expected)
+        return int(v)
+    return rule
+
+
+def _swap_layers(key, value):
+    if value is None:
+        return None
+    try:
+        return _layers(key, value)
+    except ConfigError:
+        _fail(key, value, f"null (every layer with a sheet) or a list of distinct layers among {list(LAYERS)}")
+
+
+def _steps_per_layer(key, value):
+    if value is None:
+        return None
+    expected = "null or a mapping {layer: integer >= 0}"
+    if not isinstance(value, Mapping) or not value:
+        _fail(key, value, expected)
+    out = {}
+    for name, v in value.items():
+        if name not in LAYERS:
+            close = difflib.get_close_matches(str(name), LAYERS, n=1)
+            _fail(f"{key}.{name}", v, f"a layer among {list(LAYERS)}" + (f" (did you mean {close[0]!r}?)"
+                                                                         if close else ""))
+        out[name] = _int(0)(f"{key}.{name}", v)
+    return out
+
+
 def _mapping(key, value):
     if value is None:
         return {}
@@ -309,6 +367,7 @@ def _schedule(prefix: str) -> Dict[str, Rule]:
 RULES: Dict[str, Rule] = {
     "run_dir": _path(optional=False),
     "seed": _int(0),
+    "finetune_seed": _optional(_int(0)),
     "device": _choice(("auto", "cpu", "cuda")),
     "precision": _choice(("bf16", "fp16", "fp32")),
     "batch_size": _int(3),  # the spatial loss correlates over the batch: at least 3 rows
@@ -349,6 +408,7 @@ RULES: Dict[str, Rule] = {
     "moco.momentum": _float(0.0, 1.0),
     "moco.temperature": _float(0.0, lo_open=True),
     "moco.shuffle_bn": _bool,
+    "moco.weight": _float(0.0),
     "spatial.alpha": _alpha,
     "spatial.layers": _layers,
     "spatial.variant": _choice(LOSS_VARIANTS),
@@ -360,12 +420,15 @@ RULES: Dict[str, Rule] = {
     "swap.steps": _int(0),
     "swap.objective": _choice(SWAP_OBJECTIVES),
     "swap.backend": _choice(SWAP_BACKENDS),
+    "swap.probe": _choice(SWAP_PROBES),
     "swap.probe_clips": _int(0),
-    "swap.grating_directions": _int(1),
-    "swap.grating_spatial_freqs": _floats(0.0, lo_open=True),
-    "swap.grating_temporal_freqs": _floats(0.0),
+    "swap.grating_directions": _even_int(4),  # DriftingGratings: opposite directions in the set
+    "swap.grating_spatial_freqs": _floats(0.0, lo_open=True),   # cycles per image width
+    "swap.grating_temporal_freqs": _floats(0.0, lo_open=True),  # cycles per frame
     "swap.grating_phases": _int(1),
     "swap.probe_batch_size": _int(1),
+    "swap.layers": _swap_layers,
+    "swap.steps_per_layer": _steps_per_layer,
     "analysis.enabled": _bool,
     "analysis.layer": _choice(LAYERS),
     "analysis.kwargs": _mapping,
@@ -442,10 +505,14 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
     return tree
 
 
+# Values that are mappings but replaced whole by an override (never merged key by key).
+WHOLE_MAPPINGS = ("alpha", "steps_per_layer")
+
+
 def _merge(base: dict, extra: Mapping) -> dict:
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "alpha":
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k not in WHOLE_MAPPINGS:
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -504,6 +571,25 @@ def active_layers(cfg: TrainConfig) -> list:
     return [n for n in LAYERS if not cfg.spatial.layers or n in cfg.spatial.layers]
 
 
+def swap_layers(cfg: TrainConfig) -> list:
+    """The layers whose positions stage 3 swaps: ``swap.layers`` in network order, or every layer with a sheet."""
+    return [n for n in active_layers(cfg) if not cfg.swap.layers or n in cfg.swap.layers]
+
+
+def swap_steps(cfg: TrainConfig, layer: str) -> int:
+    """Swap trials of one layer: ``swap.steps_per_layer[layer]``, else ``swap.steps``."""
+    return int((cfg.swap.steps_per_layer or {}).get(layer, cfg.swap.steps))
+
+
+def probe_counts(cfg: TrainConfig) -> Tuple[int, int]:
+    """(clips, gratings) in the stage-3 probe set of ``cfg``."""
+    s = cfg.swap
+    clips = s.probe_clips if s.probe in ("clips", "both") else 0
+    gratings = (s.grating_directions * len(s.grating_spatial_freqs) * len(s.grating_temporal_freqs)
+                * s.grating_phases) if s.probe in ("gratings", "both") else 0
+    return clips, gratings
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Check every value (the per-key :data:`RULES`) and the rules that involve several keys; raises ConfigError."""
     for key in leaf_keys():
@@ -534,9 +620,37 @@ def validate_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"spatial.alpha: got {dict(s.alpha)}; expected a weight for every layer of "
                               f"spatial.layers {layers}" + (f" (no sheet for {unknown})" if unknown else "")
                               + (f" (missing {missing})" if missing else ""))
+    alphas = list(s.alpha.values()) if isinstance(s.alpha, Mapping) else [s.alpha]
+    if cfg.moco.weight == 0 and all(a == 0 for a in alphas):
+        raise ConfigError(f"moco.weight: got 0 with spatial.alpha {s.alpha!r}; expected moco.weight > 0 or "
+                          f"spatial.alpha > 0 (with both 0, stages 5-6 would train nothing)")
+    _validate_swap(cfg, layers)
     if cfg.analysis.enabled and cfg.analysis.layer not in layers:
         raise ConfigError(f"analysis.layer: got {cfg.analysis.layer!r}; expected a layer with a sheet, one of "
                           f"{layers} (spatial.layers)")
+
+
+def _validate_swap(cfg: TrainConfig, layers: list) -> None:
+    sw = cfg.swap
+    if sw.layers:
+        unknown = [n for n in sw.layers if n not in layers]
+        if unknown:
+            raise ConfigError(f"swap.layers: got {sw.layers}; expected layers with a sheet, some of {layers} "
+                              f"(spatial.layers; no sheet for {unknown})")
+    swapped = swap_layers(cfg)
+    for name in sw.steps_per_layer or {}:
+        if name not in swapped:
+            raise ConfigError(f"swap.steps_per_layer.{name}: got {sw.steps_per_layer[name]}; expected a layer the "
+                              f"swap optimises, one of {swapped} (swap.layers, spatial.layers)")
+    if not any(swap_steps(cfg, n) > 0 for n in swapped):
+        return  # no swap: the probe set is never made
+    clips, gratings = probe_counts(cfg)
+    if clips + gratings < 3:  # the swap correlates the responses over the probe stimuli
+        if sw.probe == "gratings":
+            raise ConfigError(f"swap.probe: got 'gratings' with {gratings} grating(s); expected at least 3 probe "
+                              f"stimuli (swap.grating_*)")
+        raise ConfigError(f"swap.probe_clips: got {sw.probe_clips} with swap.probe={sw.probe!r}; expected a probe "
+                          f"set of at least 3 stimuli (the swap correlates responses over them)")
 
 
 # ---------------------------------------------------------------------------------- what a rerun may change
@@ -550,7 +664,7 @@ SCHEDULE_KEYS = ("spatial.alpha", "pretrain", "finetune", "full", "momentum", "w
 # Keys that shape results a run keeps, with the first stage that uses them: they may change only when that stage
 # is rerun too (--from-stage at or before it), because the kept stages were made with the old value.
 FIRST_STAGE = (("seed", 1), ("data", 1), ("moco", 1), ("spatial.layers", 2), ("spatial.num_neighbourhoods", 2),
-               ("swap", 3), ("spatial", 5))
+               ("swap", 3), ("spatial", 5), ("moco.weight", 5), ("finetune_seed", 5))
 
 
 def _matches(key: str, prefix: str) -> bool:
@@ -571,7 +685,7 @@ def key_rule(key: str) -> Tuple[str, int]:
 def _flatten(tree: Mapping, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
-        if isinstance(v, Mapping) and prefix + k not in ("spatial.alpha", "analysis.kwargs"):
+        if isinstance(v, Mapping) and prefix + k not in ("spatial.alpha", "swap.steps_per_layer", "analysis.kwargs"):
             out.update(_flatten(v, prefix + k + "."))
         else:
             out[prefix + k] = v

@@ -4,10 +4,17 @@ Stages (each writes ``run_dir/stage{N}_{name}/``; any stage can be resumed, or r
 
 1. ``pretrain``    -- contrastive loss only (alpha = 0);
 2. ``retinotopic`` -- retinotopic positions from the ``r3d18_mt`` preset at the training clip size;
-3. ``swap``        -- positions swap-optimised on the pre-trained encoder's responses to gratings + video clips;
+3. ``swap``        -- positions swap-optimised on the pre-trained encoder's responses to a probe set: centre-cropped
+                      training clips (``swap.probe: clips``, the default), drifting gratings (``gratings``, only
+                      when asked) or both; the probe set is recorded in the checkpoint (``extra["probe"]``);
 4. ``freeze``      -- positions frozen (``SpatialLoss.freeze()``; buffers, never parameters);
-5. ``finetune``    -- joint fine-tuning, contrastive + spatial loss;
-6. ``full``        -- full training with the composite loss.
+5. ``finetune``    -- fine-tuning with ``moco.weight`` × contrastive + spatial loss (weight 1, alpha > 0: joint;
+                      alpha = 0: contrastive only; weight 0: spatial only, the MoCo forward still runs);
+6. ``full``        -- full training with the same composite loss.
+
+With ``finetune_seed`` set, stage 5 starts (fresh, not when resumed inside it) with every random stream reseeded
+from it: Python, NumPy and torch, the augmentation generator, the data order and clip draws, the spatial loss's
+neighbourhood sampling. Several fine-tunings with different seeds can then start from one stage-4 checkpoint.
 
 Order of a run: the config is checked whole; the run directory is read to plan where to start
 (:func:`tdann_fast.train.rundir.plan_run`, which also refuses config changes the kept stages were not made with);
@@ -38,9 +45,10 @@ from tdann_fast._io import atomic_write_text, link_or_copy
 from tdann_fast.errors import ConfigError, RunDirError
 
 from .checkpoint import (STAGES, checkpoint_path, existing_checkpoints, latest_checkpoint, load_checkpoint,
-                         remove_stale_temporaries, save_checkpoint, sheet_digest, sheet_records, sheets_from_state,
-                         stage_dir)
-from .config import TrainConfig, active_layers, check_changes, config_changes, config_to_dict, validate_config
+                         probe_record, remove_stale_temporaries, save_checkpoint, sheet_digest, sheet_records,
+                         sheets_from_state, stage_dir)
+from .config import (TrainConfig, active_layers, check_changes, config_changes, config_to_dict, probe_counts,
+                     swap_layers, swap_steps, validate_config)
 from .distributed import DistInfo, barrier, broadcast_object, cleanup, gather_objects, init_distributed
 from .logging import MetricLogger
 from .rundir import RunLock, RunPlan, plan_run, read_lineage, start_run
@@ -68,6 +76,22 @@ def cosine_warmup(total: int, warmup: int, lr: float, min_lr: float = 0.0):
         progress = min(1.0, (step - warmup) / span)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return f
+
+
+def describe_probe(cfg: TrainConfig, layers) -> dict:
+    """The record of the stage-3 probe set (kept in ``extra["probe"]`` of the checkpoints and in swap_stats.json):
+    which stimuli, how many, in which units, and the layers whose positions were swapped on it (none swapped: no
+    probe set was shown, the counts are 0)."""
+    s, d = cfg.swap, cfg.data
+    clips, gratings = probe_counts(cfg) if layers else (0, 0)
+    return {"probe": s.probe, "num_clips": clips, "num_gratings": gratings,
+            "clips": f"centre crops of the query clips of training samples 0..{clips - 1}" if clips else None,
+            "grating_directions": s.grating_directions if gratings else None,
+            "grating_spatial_freqs": list(s.grating_spatial_freqs) if gratings else None,
+            "grating_temporal_freqs": list(s.grating_temporal_freqs) if gratings else None,
+            "grating_phases": s.grating_phases if gratings else None,
+            "units": "spatial frequency: cycles per image width; temporal frequency: cycles per frame",
+            "frames": d.frames, "size": d.size, "layers": list(layers)}
 
 
 def _rng_state(aug_gen: torch.Generator) -> dict:
@@ -137,6 +161,7 @@ class Trainer:
         self._model_ref = None
         self._sheet_files: dict = {}  # layer -> (file, digest) of the sheet files written last
         self._video_faults = Counter()  # video fault records seen by this process (summary.json)
+        self._probe = None  # the stage-3 probe record, carried forward in the checkpoints of stages 3-6
 
     # ------------------------------------------------------------------------------------------------ setup
     def _plan(self) -> RunPlan:
@@ -160,13 +185,35 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        seed = cfg.seed + 1000 * self.dist.rank
+        self._seed_all(cfg.seed)
+        self._build_data()
+        self._build_model()
+
+    def _seed_all(self, base: int) -> None:
+        """Python, NumPy and torch RNGs and the augmentation generator of this rank, from ``base``."""
+        seed = base + 1000 * self.dist.rank
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
         self.aug_gen = torch.Generator().manual_seed(seed + 17)
-        self._build_data()
-        self._build_model()
+
+    def _use_finetune_seed(self, fresh: bool) -> None:
+        """Stages 5-6 with ``finetune_seed``: data order (sampler) and clip draws (dataset) from it; ``fresh`` (the
+        start of stage 5) also reseeds every RNG, restarts the data epochs and the neighbourhood sampler. After a
+        restore inside stages 5-6, only the seeds of sampler and dataset are set (the RNG states, data position and
+        sampler state come from the checkpoint)."""
+        fs = self.cfg.finetune_seed
+        self.sampler.seed = fs
+        self.dataset.seed = fs
+        self._batches = None
+        self.loader = torch.utils.data.DataLoader(self.dataset, **self.loader_kwargs)  # workers copy the dataset
+        if fresh:
+            self._seed_all(fs)
+            self.data_state = {"epoch": 0, "batches": 0, "video_faults": self.data_state.get("video_faults", {})}
+            frozen = self.spatial_loss is not None and self.spatial_loss.frozen
+            self.spatial_loss = self._make_spatial_loss(self.sheets, seed=fs)
+            if frozen:
+                self.spatial_loss.freeze()
 
     def _build_data(self) -> None:
         from tdann_fast.data import (ClipAugment, ClipPairDataset, ResumableSampler, SyntheticMotion,
@@ -285,9 +332,11 @@ class Trainer:
             "sheets": sheet_records(self.sheets) if self.sheets else None,
             "frozen": bool(self.spatial_loss is not None and self.spatial_loss.frozen),
             "alpha": self._effective_alpha() if stage >= 5 else 0.0,
+            "moco_weight": float(self.cfg.moco.weight) if stage >= 5 else 1.0,
             "rng": rng_all, "data_state": json.loads(json.dumps(self.data_state)), "video_faults": faults_all,
             "world_size": self.dist.world_size, "queue_ptr": int(self.moco.queue_ptr),
-            "positions_sha1": positions_digest(self.sheets), "lineage": list(self.lineage), "extra": extra or {},
+            "positions_sha1": positions_digest(self.sheets), "lineage": list(self.lineage),
+            "extra": {**({"probe": self._probe} if stage >= 3 and self._probe is not None else {}), **(extra or {})},
         }
         path = checkpoint_path(self.run_dir, stage)
         save_checkpoint(ckpt, path)
@@ -331,6 +380,9 @@ class Trainer:
             self._model_ref = f"../{stage_dir(self.run_dir, stage).name}/checkpoint.pt"
         else:
             self._model_ref = ckpt.get("model_ref")
+        self._probe = probe_record(ckpt)
+        if stage >= 5 and self.cfg.finetune_seed is not None:
+            self._use_finetune_seed(fresh=False)
         self._sheet_files = {}
         if own and ckpt.get("sheets"):
             folder = Path(ckpt["path"]).parent
@@ -348,13 +400,14 @@ class Trainer:
         a = self.cfg.spatial.alpha
         return {k: float(v) for k, v in a.items()} if isinstance(a, dict) else float(a)
 
-    def _make_spatial_loss(self, sheets):
+    def _make_spatial_loss(self, sheets, seed: int | None = None):
         from tdann_fast.loss import SpatialLoss
 
         s = self.cfg.spatial
+        seed = self.cfg.seed if seed is None else seed
         return SpatialLoss(sheets, alpha=self._alpha_arg(), variant=s.variant,
                            neighbourhoods_per_step=s.neighbourhoods_per_step, time_reduction=s.time_reduction,
-                           seed=self.cfg.seed + self.dist.rank, gather_distributed=s.gather_distributed,
+                           seed=seed + self.dist.rank, gather_distributed=s.gather_distributed,
                            backend=s.backend).to(self.device)
 
     def _write_sheets(self, stage: int) -> None:
@@ -481,6 +534,8 @@ class Trainer:
         for stage in range(plan.start, self.stop_after + 1):
             t0 = time.perf_counter()
             mid = stage == plan.start and plan.mid_stage
+            if stage == 5 and not mid and self.cfg.finetune_seed is not None:
+                self._use_finetune_seed(fresh=True)
             if stage in TRAINING_STAGES:
                 self._train_stage(stage, plan.step if mid else 0, resume_state if mid else None)
             elif stage == 2:
@@ -526,6 +581,7 @@ class Trainer:
         cfg = self.cfg
         total = int(getattr(cfg, TRAINING_STAGES[stage]).steps)
         use_spatial = stage >= 5 and self.spatial_loss is not None
+        weight = 1.0 if stage == 1 else float(cfg.moco.weight)  # 0: spatial only (the MoCo forward still runs)
         if stage >= 5 and self.spatial_loss is None:
             raise RuntimeError(f"stage {stage}: no spatial loss (stages 2-4 have not run)")
         model = self._wrap_ddp()
@@ -557,7 +613,7 @@ class Trainer:
                 im_k = self.augment(k_raw, self.aug_gen)
                 with self._autocast():
                     loss_moco, logits, _ = model(im_q, im_k)
-                loss = loss_moco
+                loss = loss_moco if weight == 1.0 else weight * loss_moco  # weight 0: exactly the spatial loss
                 loss_sp = None
                 if use_spatial:
                     feats = {n: taps.features[n] for n in layers}
@@ -620,33 +676,41 @@ class Trainer:
         self._write_sheets(2)
         self._save(2, 0, True)
 
+    def probe_batches(self):
+        """The stage-3 probe set as normalised clip batches (B, 3, T, size, size): drifting gratings
+        (:class:`tdann_fast.data.DriftingGratings`) when ``swap.probe`` is ``gratings`` or ``both``, then the centre
+        crops of the query clips of training samples ``0..probe_clips-1`` when it is ``clips`` or ``both``."""
+        d, s = self.cfg.data, self.cfg.swap
+        n_clips, n_gratings = probe_counts(self.cfg)
+        if n_gratings:
+            from tdann_fast.data import DriftingGratings
+
+            gratings = DriftingGratings(frames=d.frames, size=d.size, num_directions=s.grating_directions,
+                                        spatial_freqs=s.grating_spatial_freqs, temporal_freqs=s.grating_temporal_freqs,
+                                        num_phases=s.grating_phases, mean=d.mean, std=d.std)
+            yield from gratings.batches(s.probe_batch_size)
+        for start in range(0, n_clips, s.probe_batch_size):
+            clips = []
+            for i in range(start, min(start + s.probe_batch_size, n_clips)):
+                q, _, faults = self.dataset[i]  # any index: samples past the videos draw other clips of them
+                self._count_faults(faults)
+                clips.append(q)
+            yield self.augment.center(torch.stack(clips))
+
     @torch.no_grad()
-    def probe_responses(self) -> dict:
-        """Time-mean responses (stimuli, units) of every tapped layer to the probe set (gratings + clips)."""
-        from tdann_fast.data import drifting_gratings
+    def probe_responses(self, layers=None) -> dict:
+        """Time-mean responses (stimuli, units) of ``layers`` (default: every layer with a sheet) to the probe set
+        (:meth:`probe_batches`)."""
         from tdann_fast.models.taps import FeatureTaps
 
-        d, s = self.cfg.data, self.cfg.swap
-        gratings, _ = drifting_gratings(d.size, d.frames, s.grating_directions, s.grating_spatial_freqs,
-                                        s.grating_temporal_freqs, s.grating_phases, mean=d.mean, std=d.std)
-        clips = []
-        n_videos = min(s.probe_clips, len(self.dataset))
-        for i in range(n_videos):
-            q, _, faults = self.dataset[i]
-            self._count_faults(faults)
-            clips.append(q)
-        batches = list(gratings.split(s.probe_batch_size))
-        if clips:
-            raw = torch.stack(clips)
-            batches += [self.augment.center(b) for b in raw.split(s.probe_batch_size)]
-        names = list(self.sheets)
+        names = list(self.sheets) if layers is None else list(layers)
         out = {n: [] for n in names}
         enc = self.moco.encoder_q
         was_training = enc.training
         enc.eval()
         try:
             with FeatureTaps(enc, names) as taps:
-                for b in batches:
+                for b in self.probe_batches():
                     with self._autocast():
                         enc(b.to(self.device))
                     for n in names:
@@ -659,9 +723,10 @@ class Trainer:
         return {n: torch.cat(v) for n, v in out.items()}
 
     def _stage_swap(self) -> None:
-        s = self.cfg.swap
+        cfg = self.cfg
+        s = cfg.swap
         stats_all = {}
-        sheets = None
+        sheets, probe = None, None
         if self.dist.is_main:
             try:
                 from tdann_fast.swap import optimize_sheet_positions
@@ -670,24 +735,33 @@ class Trainer:
                 warnings.warn(f"stage 3: tdann_fast.swap unavailable ({exc}); positions left retinotopic",
                               RuntimeWarning, stacklevel=2)
             sheets = dict(self.sheets)
-            if optimize_sheet_positions is not None and s.steps > 0:
-                responses = self.probe_responses()
-                for i, (name, sheet) in enumerate(self.sheets.items()):
+            todo = [n for n in swap_layers(cfg) if swap_steps(cfg, n) > 0]
+            if optimize_sheet_positions is None:
+                todo = []
+            if todo:
+                responses = self.probe_responses(todo)
+                for i, (name, sheet) in enumerate(self.sheets.items()):  # seed by sheet index: stable per layer
+                    if name not in todo:
+                        continue
+                    steps = swap_steps(cfg, name)
                     new_sheet, stats = optimize_sheet_positions(
-                        sheet, responses[name].numpy(), s.steps, objective=s.objective, seed=self.cfg.seed + i,
-                        backend=s.backend, progress=self.cfg.progress,
-                        neighbourhood_kwargs={"num_neighbourhoods": self.cfg.spatial.num_neighbourhoods,
-                                              "seed": self.cfg.seed})
+                        sheet, responses[name].numpy(), steps, objective=s.objective, seed=cfg.seed + i,
+                        backend=s.backend, progress=cfg.progress,
+                        neighbourhood_kwargs={"num_neighbourhoods": cfg.spatial.num_neighbourhoods,
+                                              "seed": cfg.seed})
                     sheets[name] = new_sheet
-                    stats_all[name] = {"backend": stats.backend, "accepted": int(np.sum(stats.accepted)),
+                    stats_all[name] = {"backend": stats.backend, "steps": steps,
+                                       "accepted": int(np.sum(stats.accepted)),
                                        "trials": int(np.sum(stats.trials)), "windows": int(stats.num_windows),
                                        "seconds": float(stats.seconds),
                                        "objective_before": float(np.nanmean(stats.objective_before))
                                        if np.isfinite(stats.objective_before).any() else None,
                                        "objective_after": float(np.nanmean(stats.objective_after))
                                        if np.isfinite(stats.objective_after).any() else None}
-            atomic_write_text(stage_dir(self.run_dir, 3) / "swap_stats.json", json.dumps(stats_all, indent=2))
-        self.sheets = broadcast_object(sheets, self.dist)
+            probe = describe_probe(cfg, todo)
+            atomic_write_text(stage_dir(self.run_dir, 3) / "swap_stats.json",
+                              json.dumps({"probe": probe, "layers": stats_all}, indent=2))
+        self.sheets, self._probe = broadcast_object((sheets, probe), self.dist)
         self._write_sheets(3)
         self._save(3, 0, True, extra={"swap": stats_all})
 
