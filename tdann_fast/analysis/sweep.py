@@ -42,6 +42,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .sweep_figures import _num
+
 __all__ = ["find_metrics", "load_manifest", "manifest_from_run_dirs", "collect_rows", "sweep_report", "FIGURES"]
 
 FIGURES = {
@@ -71,17 +73,6 @@ PathLike = Union[str, Path]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _num(v) -> float:
-    """A finite float, or NaN for None / NaN / non-numbers."""
-    if isinstance(v, bool) or v is None:
-        return float("nan")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-    return f if math.isfinite(f) else float("nan")
-
-
 def _finite(v) -> bool:
     return not math.isnan(_num(v))
 

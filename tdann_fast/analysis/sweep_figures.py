@@ -18,13 +18,23 @@ __all__ = ["SweepData", "plot_tuning_vs_alpha", "plot_fwhm_vs_cv_bandwidth", "pl
            "map_region"]
 
 from .figures import _plt, _save
-from .sweep import _num
 
 
 GREY = "0.55"
 NULL = "0.6"
 REF = "green"
 _NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _num(v) -> float:
+    """A finite float, or NaN for None / NaN / non-numbers."""
+    if isinstance(v, bool) or v is None:
+        return float("nan")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f if math.isfinite(f) else float("nan")
 
 
 def _ok(v) -> bool:
