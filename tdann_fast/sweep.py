@@ -57,7 +57,7 @@ from tdann_fast.errors import ConfigError
 from tdann_fast.train.config import (TrainConfig, active_layers, config_changes, config_from_dict, config_to_dict,
                                      key_rule, load_config)
 
-__all__ = ["run_sweep", "training_motion", "training_source", "parse_values", "check_sweep_args", "reference_alpha", "run_name", "analysis_kwargs",
+__all__ = ["run_sweep", "training_motion", "parse_values", "check_sweep_args", "reference_alpha", "run_name", "analysis_kwargs",
            "MANIFEST_NAME", "TIMELINE_LABELS"]
 
 MANIFEST_NAME = "sweep.json"
@@ -223,19 +223,6 @@ class _Manifest:
 
 
 # ------------------------------------------------------------------------------------------------- the sweep
-def training_source(cfg: TrainConfig):
-    """The training videos of ``cfg`` (the source stage 1 reads), without the clip-pair dataset around them."""
-    from tdann_fast.data import SyntheticMotion, VideoFolder, embedded_default
-
-    d = cfg.data
-    load = d.load_size or int(round(1.25 * d.size))
-    if d.source == "embedded":
-        return embedded_default(load, d.synthetic_videos, d.synthetic_frames, seed=cfg.seed)
-    if d.source == "synthetic":
-        return SyntheticMotion(d.synthetic_videos, num_frames=d.synthetic_frames, side=load, seed=cfg.seed)
-    return VideoFolder(d.root, side=load)
-
-
 def training_motion(cfg: TrainConfig, out_dir, num_clips: int = 256) -> Dict[str, Any]:
     """Histogram of the motion directions of the training clips (phase correlation,
     :func:`tdann_fast.data.motion.motion_direction_histogram`): ``summary.json`` and ``motion_directions.png`` in
@@ -243,6 +230,7 @@ def training_motion(cfg: TrainConfig, out_dir, num_clips: int = 256) -> Dict[str
     data move evenly in all directions."""
     from tdann_fast._io import atomic_write_text
     from tdann_fast.data.motion import motion_direction_histogram
+    from tdann_fast.train.trainer import training_source
 
     source = training_source(cfg)
     out = Path(out_dir)

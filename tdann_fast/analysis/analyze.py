@@ -345,8 +345,7 @@ def analyze_checkpoint(checkpoint, out_dir, layer: str = "layer3.1", device="cpu
     extra = {"checkpoint": str(checkpoint), "stage": bundle.stage, "alpha": _alpha_of(bundle.alpha, layer),
              "alpha_config": bundle.alpha, "step": getattr(bundle, "step", None),
              "probe": getattr(bundle, "probe", None),
-             "moco_weight": (bundle.config.get("moco", {}) or {}).get("weight", 1.0)
-             if isinstance(bundle.config, dict) else None,
+             "moco_weight": getattr(bundle, "moco_weight", 1.0),
              "finetune_seed": bundle.config.get("finetune_seed") if isinstance(bundle.config, dict) else None}
     return analyze_model(bundle.encoder, bundle.sheets[layer], out_dir, extra=extra, model_name="r3d_18",
                          controls=controls, **common)

@@ -65,8 +65,8 @@ def map_table(metrics: Mapping, controls: Mapping[str, Mapping] = ()) -> str:
     """Markdown table of the map statistics: model | position-shuffled null (mean ± sd) | p | each control."""
     m = metrics.get("map") or {}
     labels = list(controls)
-    head = "| statistic | model | position-shuffled (mean ± sd) | p | " + " | ".join(labels) + (" |" if labels else "")
-    rows = [head.replace("|  |", "|"), "|" + "---|" * (4 + len(labels))]
+    head = ["statistic", "model", "position-shuffled (mean ± sd)", "p", *labels]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     items = [
         ("map detected", "detected", None, None),
         ("smoothness (neighbour vector correlation)", "smoothness", "smoothness", "smoothness_p"),
@@ -102,8 +102,8 @@ def metrics_table(metrics: Mapping, controls: Mapping[str, Mapping] = ()) -> str
     detected = bool((metrics.get("map") or {}).get("detected", False))
     t = metrics.get("tuning", {})
     labels = list(controls)
-    rows = ["| metric | model | " + " | ".join(labels) + (" | " if labels else "") + "macaque (comparable only) |",
-            "|" + "---|" * (3 + len(labels))]
+    head = ["metric", "model", *labels, "macaque (comparable only)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label in _TUNING_ROWS:
         if key not in t:
             continue

@@ -121,6 +121,27 @@ def _set_rng_state(state: dict, aug_gen: torch.Generator) -> None:
             pass
 
 
+def training_source(cfg: TrainConfig):
+    """The training videos of ``cfg`` (``data.source``: the embedded default, SyntheticMotion or a folder), without
+    the clip-pair dataset around them. A folder needs PyAV and at least one readable video (ConfigError)."""
+    from tdann_fast.data import SyntheticMotion, VideoFolder, embedded_default
+
+    d = cfg.data
+    load = d.load_size or int(round(1.25 * d.size))
+    if d.source == "embedded":
+        return embedded_default(load, d.synthetic_videos, d.synthetic_frames, seed=cfg.seed)
+    if d.source == "synthetic":
+        return SyntheticMotion(d.synthetic_videos, num_frames=d.synthetic_frames, side=load, seed=cfg.seed)
+    from tdann_fast._deps import check
+
+    check("data.source=folder (decoding video files)", "av")
+    source = VideoFolder(d.root, side=load, cache_in_memory=d.cache_in_memory)
+    if len(source) == 0:
+        raise ConfigError(f"data.root: got {d.root!r}; expected a folder holding readable videos (found "
+                          f"none; {len(source.skipped)} file(s) skipped)")
+    return source
+
+
 class Trainer:
     """Runs (or resumes) the six stages of one training run described by a :class:`TrainConfig`.
 
@@ -216,23 +237,10 @@ class Trainer:
                 self.spatial_loss.freeze()
 
     def _build_data(self) -> None:
-        from tdann_fast.data import (ClipAugment, ClipPairDataset, ResumableSampler, SyntheticMotion,
-                                     VideoFolder, collate_pairs, embedded_default)
+        from tdann_fast.data import ClipAugment, ClipPairDataset, ResumableSampler, collate_pairs
 
         d = self.cfg.data
-        load = d.load_size or int(round(1.25 * d.size))
-        if d.source == "embedded":
-            source = embedded_default(load, d.synthetic_videos, d.synthetic_frames, seed=self.cfg.seed)
-        elif d.source == "synthetic":
-            source = SyntheticMotion(d.synthetic_videos, num_frames=d.synthetic_frames, side=load, seed=self.cfg.seed)
-        else:
-            from tdann_fast._deps import check
-
-            check("data.source=folder (decoding video files)", "av")
-            source = VideoFolder(d.root, side=load, cache_in_memory=d.cache_in_memory)
-            if len(source) == 0:
-                raise ConfigError(f"data.root: got {d.root!r}; expected a folder holding readable videos (found "
-                                  f"none; {len(source.skipped)} file(s) skipped)")
+        source = training_source(self.cfg)
         self.source = source
         world, bs = self.dist.world_size, self.cfg.batch_size
         length = max(d.clips_per_epoch or len(source), bs * world)
