@@ -33,7 +33,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def rng():
-    """A fresh random generator per test (fresh inputs every run); the seed is printed on failure."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    """A fresh random generator per test (fresh inputs every run); the seed is printed on failure, and
+    ``TDANN_TEST_SEED=<seed>`` replays it."""
+    replay = os.environ.get("TDANN_TEST_SEED", "").strip()
+    if replay and not replay.isdigit():
+        raise pytest.UsageError(f"TDANN_TEST_SEED must be a non-negative integer, got {replay!r}")
+    seed = int(replay) if replay else int.from_bytes(os.urandom(4), "little")
     print(f"rng seed = {seed}")
     return np.random.default_rng(seed)

@@ -3,36 +3,59 @@ import numpy as np
 import pytest
 
 from tdann_fast.analysis.neighbours import adjacent_differences, smoothness_curve
-from tdann_fast.analysis.pinwheels import angles_to_vectors, pinwheels, winding_numbers
+from tdann_fast.analysis.pinwheels import angles_to_vectors, count_pinwheels, pinwheels, winding_numbers
 
 
-def ring_field(positions, period_mm, rng, num_waves=256):
-    """Complex Gaussian random field with all power on the ring |k| = 2π/Λ (a sum of many random plane waves)."""
-    import torch
-
+def ring_waves(period_mm, rng, num_waves=256):
+    """Wave vectors (W, 2) on the ring |k| = 2π/Λ at random angles and complex normal amplitudes (W,)."""
     k = 2 * np.pi / period_mm
     ang = rng.uniform(0, 2 * np.pi, num_waves)
-    kv = torch.from_numpy(k * np.stack([np.cos(ang), np.sin(ang)], 1))
-    amp = torch.from_numpy(rng.normal(size=num_waves) + 1j * rng.normal(size=num_waves))
-    return (torch.exp(1j * (torch.from_numpy(positions) @ kv.T)) @ amp).numpy()
+    kv = k * np.stack([np.cos(ang), np.sin(ang)], 1)
+    amp = rng.normal(size=num_waves) + 1j * rng.normal(size=num_waves)
+    return kv, amp
+
+
+def wave_sum(positions, kv, amp):
+    """The field ``Σ_w amp_w exp(i k_w·x)`` at ``positions`` (N, 2)."""
+    import torch
+
+    phase = torch.from_numpy(np.asarray(positions, dtype=np.float64)) @ torch.from_numpy(kv).T
+    return (torch.exp(1j * phase) @ torch.from_numpy(amp)).numpy()
 
 
 @pytest.mark.parametrize("period_mm", [0.5, 1.2])
 def test_gaussian_random_field_density(rng, period_mm):
-    densities = []
+    """The scattered-sample estimate finds the pinwheels of the exact field, whose density is near π/Λ².
+
+    The estimate is checked against the exact field of the same realisation (its zeros counted on the same grid),
+    not against π/Λ² alone: one realisation's own count strays from π/Λ² by ~2.3 % (sd) with heavier tails than
+    a Gaussian (150 realisations at Λ = 0.5 mm: min 0.923; one CI draw: 0.903), so a 10 % bound on it was flaky.
+    Measured over 50 realisations: estimate/exact 0.98 ± 0.012 (min 0.953; smoothing at σ = Λ/6 merges a few
+    close pairs), 96-98 % of the found pinwheels within Λ/6 of an exact one."""
+    from scipy.spatial import cKDTree
+
     for _ in range(2):
-        side = 20 * period_mm  # ~400π pinwheels: the count's own spread (~2.5 %) stays well inside the tolerance
+        side = 20 * period_mm  # ~400π pinwheels
         pos = rng.uniform(0, side, (80_000, 2))
-        z = ring_field(pos, period_mm, rng, num_waves=512)
-        res = pinwheels(pos, z, sigma_mm=period_mm / 6)
-        expected = np.pi / period_mm ** 2
-        assert res.density_per_mm2 == pytest.approx(expected, rel=0.10)
+        kv, amp = ring_waves(period_mm, rng, num_waves=512)
+        res = pinwheels(pos, wave_sum(pos, kv, amp), sigma_mm=period_mm / 6)
+        gx, gy = np.meshgrid(res.grid_x, res.grid_y)
+        exact = wave_sum(np.stack([gx.ravel(), gy.ravel()], 1), kv, amp).reshape(gx.shape)
+        true_centres, true_charges, area = count_pinwheels(exact, res.valid, res.grid_x, res.grid_y)
+        assert area == pytest.approx(res.area_mm2)
+        true_density = true_charges.size / area
+        # the test field is what it claims: a ring spectrum of period Λ (≥ 6 sd of its own spread)
+        assert true_density == pytest.approx(np.pi / period_mm ** 2, rel=0.15)
+        # the estimator: count, places and charges of the exact field's pinwheels
+        assert res.density_per_mm2 / true_density == pytest.approx(0.98, abs=0.06)
+        dist, j = cKDTree(true_centres).query(res.centres)
+        near = dist < period_mm / 6
+        assert near.mean() > 0.9
+        assert (res.charges[near] == true_charges[j[near]]).mean() > 0.98
         assert res.spacing_mm == pytest.approx(period_mm, rel=0.10)
-        assert res.density_per_spacing2 == pytest.approx(np.pi, rel=0.15)
+        assert res.density_per_spacing2 == pytest.approx(true_density * period_mm ** 2, rel=0.15)
         # GRF pinwheels come in balanced numbers
         assert abs(res.num_positive - res.num_negative) <= 0.15 * res.charges.size
-        densities.append(res.density_per_mm2 / expected)
-    assert np.mean(densities) == pytest.approx(1.0, rel=0.08)
 
 
 def test_planted_vortices_found(rng):
