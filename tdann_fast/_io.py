@@ -7,9 +7,12 @@
   tuples and dicts only: a crafted file cannot run code) and turns every failure into a
   :class:`~tdann_fast.errors.DamagedFileError` that names the file and says what is wrong with it.
 * :func:`link_or_copy` shares an unchanged file between two folders (a hard link, a copy where links fail).
+* :func:`jsonable` turns results (dicts, lists, numpy and torch numbers, paths) into what ``json.dumps`` writes,
+  with NaN and infinities as ``null``.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -19,11 +22,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import DamagedFileError
 
-__all__ = ["atomic_save", "atomic_write_text", "safe_load", "link_or_copy", "new_file_mode", "fsync_dir"]
+__all__ = ["atomic_save", "atomic_write_text", "safe_load", "link_or_copy", "new_file_mode", "fsync_dir", "jsonable"]
 
 
 def new_file_mode() -> int:
@@ -132,3 +136,27 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     except OSError:
         shutil.copy2(src, dst)
         return "copy"
+
+
+def jsonable(x):
+    """``x`` with dicts (keys as strings), lists and tuples walked, numpy/Python floats as floats (NaN and
+    infinities as None), numpy integers and bools as Python ones, paths as strings, tensors as nested lists; any
+    other object as its ``str``."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return None if not math.isfinite(v) else v
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, torch.Tensor):
+        return jsonable(x.tolist())
+    if x is None or isinstance(x, (str, int, bool)):
+        return x
+    return str(x)

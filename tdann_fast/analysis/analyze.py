@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tdann_fast._io import atomic_write_text
+from tdann_fast._io import atomic_write_text, jsonable
 
 from .figures import (plot_delta_histogram, plot_direction_map, plot_map_spectrum, plot_metric_histograms,
                       plot_preferred_histogram, plot_ptc)
@@ -41,27 +41,6 @@ def _positions(sheet) -> np.ndarray:
     if pos.ndim != 2 or pos.shape[1] != 2:
         raise ValueError(f"sheet must be a CorticalSheet or an (N, 2) array of positions, got shape {pos.shape}")
     return pos
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        v = float(x)
-        return None if not math.isfinite(v) else v
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, torch.Tensor):
-        return _jsonable(x.tolist())
-    if x is None or isinstance(x, (str, int, bool)):
-        return x
-    return str(x)
 
 
 def default_margin_mm(sheet, layer_shape, positions) -> float:
@@ -263,7 +242,7 @@ def analyze_model(
     metrics["files"] = {k: str(v) for k, v in figs.items()}
     metrics["files"]["tuning"] = str(out / "tuning.npz")
     metrics["timing_s"]["total"] = time.perf_counter() - t0
-    atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     metrics["files"]["metrics"] = str(out / "metrics.json")
     return metrics
 

@@ -88,24 +88,6 @@ def _pm(mean, sd, spec: str = ".3g") -> str:
     return f"{format(_num(mean), spec)} ± {format(_num(sd), spec)}" if _finite(sd) else format(_num(mean), spec)
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, Path):
-        return str(x)
-    if x is None or isinstance(x, (str, int)):
-        return x
-    return str(x)
-
-
 def find_metrics(run_dir: PathLike) -> Path:
     """The ``metrics.json`` of a run: ``run_dir`` itself if it is the file, else ``run_dir/metrics.json``, else
     ``run_dir/analysis/metrics.json``, else the newest ``metrics.json`` below ``run_dir``."""
@@ -642,9 +624,9 @@ def sweep_report(manifest: Union[PathLike, Mapping, Sequence[PathLike]], out_dir
         path, drawn = fn(data, out / FIGURES[key])
         files[key] = path
         compared[key] = drawn
-    clean = [_jsonable({k: v for k, v in r.items()}) for r in rows]
-    from tdann_fast._io import atomic_write_text
+    from tdann_fast._io import atomic_write_text, jsonable
 
+    clean = jsonable(rows)
     atomic_write_text(out / "sweep_rows.json", json.dumps(clean, indent=2) + "\n")
     files["rows"] = str(out / "sweep_rows.json")
     files["report"], verdicts = _write_markdown(out, m, rows, groups, references, kind, notes)

@@ -40,6 +40,30 @@ def _check_positive_list(v, name):
     return t
 
 
+def _check_fields(g, int_names, count_name):
+    """The checks both stimulus sets share: positive integers ``int_names``, an even ``count_name`` >= 4 (the
+    number of directions or orientations), ``spatial_freqs``, ``contrast`` in (0, 1], and ``mean``/``std``
+    (normalised in place to tuples)."""
+    for name in int_names:
+        v = getattr(g, name)
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    count = getattr(g, count_name)
+    if count < 4 or count % 2:
+        raise ValueError(f"{count_name} must be an even integer >= 4, got {count}")
+    g.spatial_freqs = _check_positive_list(g.spatial_freqs, "spatial_freqs")
+    if not (0 < float(g.contrast) <= 1):
+        raise ValueError(f"contrast must be in (0, 1], got {g.contrast!r}")
+    g.mean = _check_triple(g.mean, "mean")
+    g.std = _check_triple(g.std, "std")
+
+
+def _normalise(lum: torch.Tensor, mean, std) -> torch.Tensor:
+    """Grey luminance ``lum`` (B, *spatial) in [0, 1] to normalised RGB (B, 3, *spatial)."""
+    shape = (1, 3) + (1,) * (lum.dim() - 1)
+    return (lum.unsqueeze(1) - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
 @dataclass
 class DriftingGratings:
     """Full-field drifting sine gratings: ``directions`` × ``spatial_freqs`` × ``temporal_freqs`` × ``phases``.
@@ -59,18 +83,8 @@ class DriftingGratings:
     std: Sequence[float] = KINETICS_STD
 
     def __post_init__(self):
-        for name in ("frames", "size", "num_directions", "num_phases"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.num_directions < 4 or self.num_directions % 2:
-            raise ValueError(f"num_directions must be an even integer >= 4, got {self.num_directions}")
-        self.spatial_freqs = _check_positive_list(self.spatial_freqs, "spatial_freqs")
+        _check_fields(self, ("frames", "size", "num_directions", "num_phases"), "num_directions")
         self.temporal_freqs = _check_positive_list(self.temporal_freqs, "temporal_freqs")
-        if not (0 < float(self.contrast) <= 1):
-            raise ValueError(f"contrast must be in (0, 1], got {self.contrast!r}")
-        self.mean = _check_triple(self.mean, "mean")
-        self.std = _check_triple(self.std, "std")
 
     period = 2 * math.pi
 
@@ -101,9 +115,7 @@ class DriftingGratings:
         t = torch.arange(self.frames, dtype=torch.float32).view(1, -1, 1, 1)
         arg = 2 * math.pi * (sf * (x * torch.cos(th) + y * torch.sin(th)) - tf * t) + ph
         lum = 0.5 + 0.5 * float(self.contrast) * torch.sin(arg)  # (B, T, H, W)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1, 1)
-        return (lum.unsqueeze(1) - mean) / std
+        return _normalise(lum, self.mean, self.std)
 
     def batches(self, batch_size: int = 16) -> Iterator[torch.Tensor]:
         for s in range(0, len(self), batch_size):
@@ -127,17 +139,7 @@ class StaticGratings:
     std: Sequence[float] = IMAGENET_STD
 
     def __post_init__(self):
-        for name in ("size", "num_orientations", "num_phases"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if self.num_orientations < 4 or self.num_orientations % 2:
-            raise ValueError(f"num_orientations must be an even integer >= 4, got {self.num_orientations}")
-        self.spatial_freqs = _check_positive_list(self.spatial_freqs, "spatial_freqs")
-        if not (0 < float(self.contrast) <= 1):
-            raise ValueError(f"contrast must be in (0, 1], got {self.contrast!r}")
-        self.mean = _check_triple(self.mean, "mean")
-        self.std = _check_triple(self.std, "std")
+        _check_fields(self, ("size", "num_orientations", "num_phases"), "num_orientations")
 
     period = math.pi
 
@@ -165,10 +167,8 @@ class StaticGratings:
         x = coords.view(1, 1, -1)
         y = (1.0 - coords).view(1, -1, 1)
         arg = 2 * math.pi * sf * (x * torch.cos(th) + y * torch.sin(th)) + ph
-        lum = 0.5 + 0.5 * float(self.contrast) * torch.sin(arg)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return (lum.unsqueeze(1) - mean) / std
+        lum = 0.5 + 0.5 * float(self.contrast) * torch.sin(arg)  # (B, H, W)
+        return _normalise(lum, self.mean, self.std)
 
     def batches(self, batch_size: int = 32) -> Iterator[torch.Tensor]:
         for s in range(0, len(self), batch_size):
