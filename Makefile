@@ -48,15 +48,20 @@ test: setup
 demo: setup
 	$(BIN)/python -m tdann_fast.cli demo
 
+# Benchmarks write their JSON where you say (BENCH_OUT, default runs/bench-<time>/), never over committed results.
+BENCH_OUT ?= runs/bench-$(shell date +%Y%m%d-%H%M%S)
+
 bench: setup
-	$(BIN)/python benchmarks/bench_loss.py
+	$(BIN)/python benchmarks/bench_loss.py --output $(BENCH_OUT)/bench_loss_cpu.json
+	$(BIN)/python benchmarks/bench_loss.py --path step --output $(BENCH_OUT)/bench_loss_step_cpu.json
 
 # GPU benchmarks (issue 3): loss fwd+bwd (fp32 and bf16) and the r3d_18 training-step overhead, one JSON per device
 bench-gpu: setup
 	$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu needs a CUDA device')"
-	$(BIN)/python benchmarks/bench_loss.py --device cuda --dtype fp32
-	$(BIN)/python benchmarks/bench_loss.py --device cuda --dtype bf16
-	$(BIN)/python benchmarks/bench_step.py
+	$(BIN)/python benchmarks/bench_loss.py --device cuda --dtype fp32 --output $(BENCH_OUT)/bench_loss_fp32.json
+	$(BIN)/python benchmarks/bench_loss.py --device cuda --dtype bf16 --output $(BENCH_OUT)/bench_loss_bf16.json
+	$(BIN)/python benchmarks/bench_loss.py --device cuda --path step --output $(BENCH_OUT)/bench_loss_step.json
+	$(BIN)/python benchmarks/bench_step.py --output $(BENCH_OUT)/bench_step.json
 
 bench-swap: setup
 	$(BIN)/python benchmarks/bench_swap.py

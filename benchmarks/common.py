@@ -1,19 +1,24 @@
 """Helpers shared by the benchmarks: device description, timing (CPU: torch.utils.benchmark, GPU:
-triton.testing.do_bench medians), peak extra GPU memory, the cached r3d18_mt preset and JSON results."""
+triton.testing.do_bench medians; per-call times for long steps), peak extra GPU memory, the peak resident memory of
+a process, the cached r3d18_mt preset, the package's dense-gradient switch and JSON results.
+
+Results are written only where a benchmark's ``--output PATH`` says: nothing has a default path, so a run never
+overwrites the committed files under ``benchmarks/results/``."""
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
 import platform
-import re
+import resource
+import statistics
 import sys
+import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _PRESET_CACHE: Dict[tuple, dict] = {}
 
 
@@ -30,11 +35,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"cpu {proc} ({torch.get_num_threads()} threads)"
-
-
-def device_slug(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
 
 
 def environment(device: torch.device) -> dict:
@@ -79,19 +79,74 @@ def peak_extra_mb(fn: Callable[[], object], device: torch.device) -> Optional[fl
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def r3d18_preset(num_neighbourhoods: int = 256, seed: int = 0) -> dict:
-    """The r3d18_mt sheets (built once per process: a few seconds)."""
-    key = (num_neighbourhoods, seed)
+def step_times_ms(fn: Callable[[], object], device: torch.device, n: int) -> List[float]:
+    """Milliseconds of each of ``n`` consecutive calls (for calls long enough to time one by one, e.g. a training
+    step): CUDA events around every call and one synchronisation at the end (no host sync between calls); on a CPU,
+    ``time.perf_counter``."""
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        torch.cuda.synchronize(device)
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [float(start.elapsed_time(end)) for start, end in events]
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (``getrusage`` ``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def paired_median(values: Sequence[float], base: Sequence[float], relative: bool = False) -> float:
+    """Median over rounds of ``value - base`` (``relative``: of ``(value - base) / base``), pairing the measurements
+    of the same round so that a slow phase of a shared machine cancels."""
+    if len(values) != len(base) or not values:
+        raise ValueError(f"paired_median: got {len(values)} values and {len(base)} bases; expected equal, >= 1")
+    return float(statistics.median((v - b) / b if relative else v - b for v, b in zip(values, base)))
+
+
+def r3d18_preset(num_neighbourhoods: int = 256, seed: int = 0, input_size: int = 112, frames: int = 16) -> dict:
+    """The r3d18_mt sheets for ``input_size``² clips of ``frames`` frames (built once per process: a few
+    seconds)."""
+    key = (num_neighbourhoods, seed, input_size, frames)
     if key not in _PRESET_CACHE:
         from tdann_fast.presets import r3d18_mt
 
-        _PRESET_CACHE[key] = r3d18_mt(num_neighbourhoods=num_neighbourhoods, seed=seed)
+        _PRESET_CACHE[key] = r3d18_mt(input_size=input_size, frames=frames, num_neighbourhoods=num_neighbourhoods,
+                                      seed=seed)
     return _PRESET_CACHE[key]
 
 
-def write_results(device: torch.device, section: str, payload: dict, path: Optional[str] = None) -> Path:
-    """Merge ``{section: payload}`` into benchmarks/results/<device>.json (other sections are kept)."""
-    out = Path(path) if path else RESULTS_DIR / f"{device_slug(device)}.json"
+def dense_gradient():
+    """The package's ``tdann_fast.loss.gather.dense_gradient()`` context: inside it the loss hands autograd the dense
+    activation-sized gradient (the formulation before sparse injection, and what autograd's own indexing does)
+    instead of adding its gradient in place at the sampled units. RuntimeError when this tdann_fast has none."""
+    try:
+        from tdann_fast.loss.gather import dense_gradient as switch
+    except ImportError as exc:
+        raise RuntimeError(
+            "the dense-gradient comparison needs tdann_fast.loss.gather.dense_gradient() (a context manager that "
+            f"makes the loss return dense activation-sized gradients); this tdann_fast has none ({exc}). Leave the "
+            "dense configuration out (bench_step.py --configs without,sparse; bench_loss.py without "
+            "*_dense providers) or update the package") from None
+    return switch()
+
+
+def write_results(device: torch.device, section: str, payload: dict, path: Optional[str]) -> Optional[Path]:
+    """Merge ``{section: payload}`` and the environment into the JSON file ``path`` (other sections are kept);
+    ``path`` None: nothing is written (returns None; there is no default path)."""
+    if not path:
+        return None
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = {}
     if out.exists():
@@ -105,6 +160,10 @@ def write_results(device: torch.device, section: str, payload: dict, path: Optio
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, out)
     return out
+
+
+def report_written(out: Optional[Path], prog: str) -> None:
+    print(f"\nwrote {out}" if out is not None else f"\n[{prog}] results not written: pass --output PATH to save them")
 
 
 def print_table(rows, columns) -> None:

@@ -116,7 +116,8 @@ def plan_steps(out: Path, python: str = sys.executable) -> List[Step]:
                "-m", "not gpu", "tests/test_triton_loss.py"),
         bench_loss("fp32", 200),
         bench_loss("bf16", 105, "--providers", "tdann_eager,torch_batched,triton"),
-        Step("bench_step", "r3d_18 MoCo-like training step with and without SpatialLoss (batch 64, 16x112x112, bf16)",
+        Step("bench_step", "r3d_18 MoCo-like training step without SpatialLoss, with it (sparse gradient injection) "
+                           "and with it dense (batch 64, 16x112x112, bf16)",
              90, [python, "benchmarks/bench_step.py", "--output", str(out / "bench_step.json")],
              outputs={"json": "bench_step.json"}, summarize=lambda o: summarize_bench_step(o / "bench_step.json")),
         Step("bench_swap_gpu", "position swaps on the MT layer: 50M trials on CUDA, a 500k-trial share on the C++ "
@@ -181,18 +182,24 @@ def _bench_meta(data: dict) -> dict:
 
 
 def summarize_bench_loss(path: Path) -> dict:
-    """Median ms per provider and (B, K) from a bench_loss.py JSON."""
+    """Median ms per provider and (B, K) from a bench_loss.py JSON (its ``bench_loss_<dtype>`` section; a
+    ``bench_loss_step_<dtype>`` section, from ``--path step``, only when there is no other)."""
     data = json.loads(path.read_text())
-    section = next(v for k, v in data.items() if k.startswith("bench_loss_"))
-    keep = ("provider", "B", "K", "ms", "vs_eager", "peak_extra_MiB", "floor_fraction")
+    sections = sorted((k.startswith("bench_loss_step_"), k) for k in data if k.startswith("bench_loss_"))
+    section = data[sections[0][1]]
+    keep = ("provider", "B", "K", "ms", "vs_eager", "step_ms", "peak_extra_MiB", "extra_over_task_MiB",
+            "floor_fraction")
     return {**_bench_meta(data), "floor": section.get("floor"),
             "rows": [{k: row[k] for k in keep if k in row} for row in section["rows"]]}
 
 
 def summarize_bench_step(path: Path) -> dict:
+    """Median step ms per configuration, the loss's overhead (sparse: the package default; dense: the old
+    activation-sized gradients), its marginal ms and extra peak memory, from a bench_step.py JSON."""
     data = json.loads(path.read_text())
     section = data["bench_step"]
-    return {**_bench_meta(data), "ms": section["ms"], "overhead_fraction": section["overhead_fraction"]}
+    extra = {k: section[k] for k in ("overhead_fraction_dense", "marginal_ms", "extra_peak_MiB") if k in section}
+    return {**_bench_meta(data), "ms": section["ms"], "overhead_fraction": section["overhead_fraction"], **extra}
 
 
 def summarize_bench_swap(path: Path) -> dict:

@@ -30,7 +30,8 @@ SIDE_REQS=(torch==2.4.1 torchvision==0.19.1 "numpy<2" scipy pyyaml tqdm scikit-i
 # decode when the decoder was freed, PyAV-Org/PyAV#751, #909: test_data_video.py hung in 2 of 4 runs until
 # tdann_fast/data/decode.py turned that logging off again.)
 TORCH_TESTS=(
-    tests/test_loss_reference.py tests/test_loss_cpu_paths.py tests/test_spatial_loss_module.py tests/test_dropin.py
+    tests/test_loss_reference.py tests/test_loss_cpu_paths.py tests/test_loss_injection.py tests/test_layouts.py
+    tests/test_spatial_loss_module.py tests/test_dropin.py
     tests/test_sheet.py tests/test_numerics_edges.py tests/test_triton_loss.py
     tests/test_swap_reference.py tests/test_swap_cuda.py tests/test_taps.py tests/test_presets.py tests/test_moco.py
     tests/test_train_config.py tests/test_analysis_tuning.py tests/test_analysis_pinwheels.py

@@ -3,7 +3,8 @@
 Public API (imported lazily, so ``import tdann_fast`` has no side effects and stays cheap):
 
 * :class:`CorticalSheet` -- unit positions on a simulated cortical sheet, with precomputed neighbourhoods.
-* :mod:`presets` -- ``r3d18_mt()`` and ``resnet18_tdann()`` layer tables.
+* :mod:`presets` -- ``r3d18_mt()`` and ``resnet18_tdann()`` layer tables; ``vit_b_16()`` and ``linear_sheets()``
+  for token (B, L, D) and fully connected (B, N) layers.
 * :func:`spatial_correlation_loss` and :class:`SpatialLoss` -- the TDANN spatial correlation loss.
 * :class:`FeatureTaps` -- capture named submodule outputs of any model.
 * :func:`optimize_positions` / :func:`optimize_sheet_positions` -- the position swap pre-optimisation.

@@ -72,7 +72,14 @@ def check_positions(positions, name: str = "positions", num_units: Optional[int]
 
 
 def feature_geometry(features: torch.Tensor, name: str = "features"):
-    """(B, C, T, HW) view geometry of a (B, N), (B, C, H, W) or (B, C, T, H, W) activation tensor."""
+    """(B, C, T, HW) view geometry of an activation tensor; its units are the values after the batch axis in
+    ``torch.flatten`` order, unit ``u = c·HW + p`` (time is a separate axis of 5-D tensors):
+
+    * (B, N): a fully connected layer, (B, N, 1, 1);
+    * (B, L, D): tokens (e.g. a vision transformer), unit ``u = l·D + d``, (B, L, 1, D);
+    * (B, C, H, W): (B, C, 1, H·W);
+    * (B, C, T, H, W): (B, C, T, H·W).
+    """
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}")
     check_not_complex(features, name)
@@ -81,6 +88,9 @@ def feature_geometry(features: torch.Tensor, name: str = "features"):
     if features.dim() == 2:
         b, n = features.shape
         return b, n, 1, 1
+    if features.dim() == 3:
+        b, tokens, dim = features.shape
+        return b, tokens, 1, dim
     if features.dim() == 4:
         b, c, h, w = features.shape
         return b, c, 1, h * w
@@ -88,7 +98,7 @@ def feature_geometry(features: torch.Tensor, name: str = "features"):
         b, c, t, h, w = features.shape
         return b, c, t, h * w
     raise ValueError(
-        f"{name} must have shape (B, N), (B, C, H, W) or (B, C, T, H, W); got {features.dim()} dims "
+        f"{name} must have shape (B, N), (B, L, D), (B, C, H, W) or (B, C, T, H, W); got {features.dim()} dims "
         f"{tuple(features.shape)}"
     )
 

@@ -1,9 +1,21 @@
 """Cortical sheets: unit positions (in mm) on a simulated 2-D cortex, with precomputed neighbourhoods.
 
-A :class:`CorticalSheet` holds, for one layer of a network, the position of every unit (flattened in C·H·W order,
-the order of ``torch.flatten``) on a square sheet ``[0, side_mm]²``, and a table of neighbourhoods: rows of unit
-indices that lie inside one square window of ``neighbourhood_width_mm``. The spatial loss samples rows of that
-table at every step (DESIGN §3).
+A :class:`CorticalSheet` holds, for one layer of a network, the position of every unit (the layer's activations
+after the batch axis, flattened in ``torch.flatten`` order) on a square sheet ``[0, side_mm]²``, and a table of
+neighbourhoods: rows of unit indices that lie inside one square window of ``neighbourhood_width_mm``. The spatial
+loss samples rows of that table at every step (DESIGN §3).
+
+Layouts and their initial positions:
+
+* convolutional (B, C, H, W) or (B, C, T, H, W) activations, units in C·H·W order:
+  :meth:`CorticalSheet.retinotopic` (:func:`retinotopic_positions`: the C channels of one H×W location are
+  scattered around a retinotopic anchor; time is not a unit axis);
+* fully connected (B, N) activations (``nn.Linear``): :meth:`CorticalSheet.linear` (:func:`uniform_positions`:
+  uniform on the sheet, as such units see the whole input);
+* tokens (B, L, D) (vision transformers), units in L·D order, unit ``l·D + d``: :meth:`CorticalSheet.tokens`
+  (:func:`token_positions`: class/register tokens first, uniform on the sheet; then the patch tokens in row-major
+  patch order, whose D channels are scattered around the patch's retinotopic anchor as the C channels of one
+  location are by :func:`retinotopic_positions`).
 
 Every position lies inside the sheet, ``0 <= x, y <= side_mm``. A unit outside would never fall in a neighbourhood
 window (no spatial loss) and the swap would never move it, so every constructor raises a ValueError instead
@@ -30,7 +42,14 @@ SHEET_FORMAT = "tdann_fast.CorticalSheet"
 SHEET_VERSION = 1
 POSITION_TOLERANCE = 1e-6  # positions may lie this fraction of side_mm outside [0, side_mm] (float rounding)
 
-__all__ = ["CorticalSheet", "sample_neighbourhoods", "retinotopic_positions", "check_positions_inside"]
+__all__ = [
+    "CorticalSheet",
+    "sample_neighbourhoods",
+    "retinotopic_positions",
+    "uniform_positions",
+    "token_positions",
+    "check_positions_inside",
+]
 
 
 def check_positions_inside(positions: torch.Tensor, side_mm: float, name: str = "positions") -> None:
@@ -126,6 +145,69 @@ def sample_neighbourhoods(
     return torch.from_numpy(rows)
 
 
+def _check_count(value, name: str, minimum: int = 1) -> int:
+    """An integer (not a bool) >= ``minimum``; the error names ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def _on_sheet(xy: np.ndarray, side_mm: float) -> torch.Tensor:
+    """float64 positions in ``[0, side_mm]²`` → float32, clipped to the float32 sheet (float32 may round
+    ``side_mm`` up; the largest float32 not above it keeps every position inside)."""
+    xy = xy.astype(np.float32)
+    return torch.from_numpy(np.clip(xy, np.float32(0), np.float32(_float32_at_most(side_mm))))
+
+
+def uniform_positions(num_units: int, side_mm: float, seed: int = 0) -> torch.Tensor:
+    """Positions (num_units, 2) float32, independent and uniform on the sheet ``[0, side_mm]²``.
+
+    The initial positions of a fully connected layer: its units see the whole input, so there is no retinotopy.
+    Deterministic for a given ``seed`` (a non-negative integer).
+    """
+    num_units = _check_count(num_units, "num_units")
+    side_mm = check_positive(side_mm, "side_mm")
+    seed = _check_count(seed, "seed", minimum=0)
+    return _on_sheet(np.random.default_rng(seed).uniform(0.0, side_mm, size=(num_units, 2)), side_mm)
+
+
+def token_positions(
+    grid_h: int,
+    grid_w: int,
+    dim: int,
+    side_mm: float,
+    class_tokens: int = 1,
+    overlap: float = 1.0,
+    jitter: float = 0.1,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Initial positions (L·D, 2) float32 of a token layer's units, L = class_tokens + grid_h·grid_w, D = dim.
+
+    Units are in token-major L·D order (the ``torch.flatten`` order of (B, L, D) activations): unit ``l·D + d``
+    is channel d of token l. Tokens ``0 .. class_tokens-1`` are class/register tokens (torchvision's ViT puts its
+    class token at index 0): they see the whole image, so their channels are uniform on the sheet. The patch
+    tokens follow in row-major patch order (token ``class_tokens + row·grid_w + col``); patch (row, col) is a
+    retinotopic anchor and its D channels are scattered around it exactly as :func:`retinotopic_positions`
+    scatters the C channels of one location of a (C, H=grid_h, W=grid_w) layer (``overlap``, ``jitter``).
+    ``class_tokens = 0`` gives the patch tokens only. Deterministic for a given ``seed`` (a non-negative integer).
+    """
+    grid_h, grid_w = _check_count(grid_h, "grid_h"), _check_count(grid_w, "grid_w")
+    dim = _check_count(dim, "dim")
+    side_mm = check_positive(side_mm, "side_mm")
+    class_tokens = _check_count(class_tokens, "class_tokens", minimum=0)
+    seed = _check_count(seed, "seed", minimum=0)
+    # (dim, grid_h, grid_w) in C·H·W order → (grid_h·grid_w, dim): token-major, channels within a token
+    patches = retinotopic_positions(dim, grid_h, grid_w, side_mm, overlap=overlap, jitter=jitter, seed=seed)
+    patches = patches.reshape(dim, grid_h * grid_w, 2).transpose(0, 1).reshape(-1, 2)
+    if class_tokens == 0:
+        return patches.contiguous()
+    # another stream of the same seed: the class tokens' draws do not repeat the patch channels' scatter
+    rng = np.random.default_rng([seed, 1])
+    classes = _on_sheet(rng.uniform(0.0, side_mm, size=(class_tokens * dim, 2)), side_mm)
+    return torch.cat([classes, patches], dim=0)
+
+
 def retinotopic_positions(
     channels: int,
     height: int,
@@ -165,21 +247,24 @@ def retinotopic_positions(
             return np.full_like(v, side_mm / 2.0)
         return (v - lo) / (hi - lo) * side_mm
 
-    xy = np.stack([rescale(x).reshape(-1), rescale(y).reshape(-1)], axis=1).astype(np.float32)
     # (v - lo) / (hi - lo) lies in [0, 1] in float64 (rounding is monotonic and x / x == 1), but side_mm itself may
-    # round up in float32: clip to the largest float32 not above side_mm so that no position leaves the sheet.
-    return torch.from_numpy(np.clip(xy, np.float32(0), np.float32(_float32_at_most(side_mm))))
+    # round up in float32: _on_sheet clips to the largest float32 not above side_mm so that no position leaves it.
+    return _on_sheet(np.stack([rescale(x).reshape(-1), rescale(y).reshape(-1)], axis=1), side_mm)
 
 
 class CorticalSheet:
     """Positions of one layer's units on a square cortical sheet, plus precomputed neighbourhoods.
 
     Args:
-        positions: (N, 2) unit positions in mm (x, y), N = C·H·W in torch.flatten order.
+        positions: (N, 2) unit positions in mm (x, y), N units in torch.flatten order (C·H·W, N or L·D).
         side_mm: side of the square sheet in mm; positions lie in ``[0, side_mm]²``.
         neighbourhood_width_mm: side of the square neighbourhood windows in mm.
         neighbourhoods: optional int64 (K, M) table of unit indices; computed with default settings when None.
-        shape: optional (C, H, W) of the layer this sheet belongs to (checked against N).
+        shape: optional unit shape of the layer this sheet belongs to, (C, H, W), (N,) or (L, D) (checked
+            against N).
+
+    Builders: :meth:`retinotopic` (convolutional layers), :meth:`linear` (fully connected layers), :meth:`tokens`
+    (token layers of vision transformers).
     """
 
     def __init__(
@@ -237,10 +322,62 @@ class CorticalSheet:
     ) -> "CorticalSheet":
         """A sheet with retinotopic initial positions (see :func:`retinotopic_positions`) and neighbourhoods."""
         positions = retinotopic_positions(channels, height, width, side_mm, overlap=overlap, jitter=jitter, seed=seed)
+        return cls._with_neighbourhoods(positions, side_mm, neighbourhood_width_mm, (channels, height, width), seed,
+                                        num_neighbourhoods, max_units, min_units, percentile)
+
+    @classmethod
+    def linear(
+        cls,
+        num_units: int,
+        side_mm: float,
+        neighbourhood_width_mm: float,
+        seed: int = 0,
+        num_neighbourhoods: int = 20000,
+        max_units: int = 500,
+        min_units: int = 25,
+        percentile: float = 5.0,
+    ) -> "CorticalSheet":
+        """A sheet for a fully connected layer with (B, num_units) outputs (e.g. ``nn.Linear``): uniform initial
+        positions (see :func:`uniform_positions`) and neighbourhoods; ``shape == (num_units,)``."""
+        positions = uniform_positions(num_units, side_mm, seed=seed)
+        return cls._with_neighbourhoods(positions, side_mm, neighbourhood_width_mm, (num_units,), seed,
+                                        num_neighbourhoods, max_units, min_units, percentile)
+
+    @classmethod
+    def tokens(
+        cls,
+        grid_h: int,
+        grid_w: int,
+        dim: int,
+        side_mm: float,
+        neighbourhood_width_mm: float,
+        class_tokens: int = 1,
+        overlap: float = 1.0,
+        jitter: float = 0.1,
+        seed: int = 0,
+        num_neighbourhoods: int = 20000,
+        max_units: int = 500,
+        min_units: int = 25,
+        percentile: float = 5.0,
+    ) -> "CorticalSheet":
+        """A sheet for a token layer with (B, L, D) outputs, L = class_tokens + grid_h·grid_w, D = dim (e.g. a
+        vision-transformer block): initial positions from :func:`token_positions`, and neighbourhoods;
+        ``shape == (L, dim)``."""
+        positions = token_positions(
+            grid_h, grid_w, dim, side_mm, class_tokens=class_tokens, overlap=overlap, jitter=jitter, seed=seed
+        )
+        return cls._with_neighbourhoods(positions, side_mm, neighbourhood_width_mm,
+                                        (class_tokens + grid_h * grid_w, dim), seed, num_neighbourhoods, max_units,
+                                        min_units, percentile)
+
+    @classmethod
+    def _with_neighbourhoods(cls, positions, side_mm, neighbourhood_width_mm, shape, seed, num_neighbourhoods,
+                             max_units, min_units, percentile) -> "CorticalSheet":
+        """The builders' last step: the neighbourhood table of ``positions`` (DESIGN §3), then the sheet."""
         neighbourhoods = sample_neighbourhoods(
             positions, side_mm, neighbourhood_width_mm, num_neighbourhoods, max_units, min_units, percentile, seed
         )
-        return cls(positions, side_mm, neighbourhood_width_mm, neighbourhoods, shape=(channels, height, width))
+        return cls(positions, side_mm, neighbourhood_width_mm, neighbourhoods, shape=shape)
 
     def compute_neighbourhoods(
         self,

@@ -1,16 +1,14 @@
-"""The CPU fast paths under the batched PyTorch loss: the sparse-aware unit gather (and its recycled gradient blocks),
-the analytic neighbourhood-loss backward, and the grouping of layers with equal M.
+"""The CPU fast paths under the batched PyTorch loss: the unit gather (dense and through a tap), the analytic
+neighbourhood-loss backward (and its exact second derivatives), and the grouping of layers with equal M.
 
 Each is checked against plain autograd over the textbook formulation written here (index gather, strict lower
 triangle, Pearson), on fresh random inputs, forward and gradients.
 """
-import gc
-
 import numpy as np
 import pytest
 import torch
 
-from tdann_fast.loss import gather, reference
+from tdann_fast.loss import batched, gather, reference
 from tdann_fast.loss.functional import layer_losses
 
 from _np_reference import layer_loss as np_layer_loss
@@ -38,132 +36,41 @@ def plain_neighbourhood_losses(units, unit_positions, variant):
     return (1.0 - pr) / 2.0
 
 
-def plain_gather(features, neighbourhoods):
-    b = features.shape[0]
-    if features.dim() == 5:
-        _, c, t, h, w = features.shape
-        flat = features.permute(0, 2, 1, 3, 4).reshape(b, t, c * h * w)
-        return flat[:, :, neighbourhoods.reshape(-1)].permute(2, 0, 1)  # (K·M, B, T)
-    return features.reshape(b, -1)[:, neighbourhoods.reshape(-1)].t()[..., None]
-
-
 # ------------------------------------------------------------------------------------------------------ gather
 
-@pytest.mark.parametrize("shape", [(5, 37), (3, 4, 5, 6), (4, 3, 2, 5, 3), (2, 64, 56, 56)])
+@pytest.mark.parametrize("shape", [(5, 37), (3, 6, 10), (3, 4, 5, 6), (4, 3, 2, 5, 3), (2, 64, 56, 56)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
-def test_gather_forward_and_gradient_match_indexing(rng, shape, layout):
-    if layout == "channels_last" and len(shape) == 2:
-        pytest.skip("no channels_last for 2-D")
+@pytest.mark.parametrize("tapped", [False, True])
+def test_gather_forward_and_gradient_match_indexing(rng, shape, layout, tapped):
+    if layout == "channels_last" and len(shape) < 4:
+        pytest.skip("no channels_last below 4-D")
     base = torch.tensor(rng.normal(size=shape))
     if layout == "channels_last":
         base = base.contiguous(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
     x = base[:, : max(1, shape[1] - 1)] if layout == "sliced" else base  # a non-viewable slice
-    n = x.shape[1] * int(np.prod(x.shape[3:] if x.dim() == 5 else x.shape[2:]))
-    nb = torch.tensor(rng.integers(0, n, size=(3, min(11, n))))  # repeated units across (and within) rows
-    xa, xb = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
-    b, c, t, hw = xa.shape[0], xa.shape[1], (xa.shape[2] if xa.dim() == 5 else 1), n // xa.shape[1]
-    got = gather.gather_units_flat(xa, nb.reshape(-1), c, t, hw).permute(1, 0, 2)
-    want = plain_gather(xb, nb)
+    x = x.detach().requires_grad_()
+    b, c = x.shape[:2]
+    n = c * int(np.prod(x.shape[3:] if x.dim() == 5 else x.shape[2:]))
+    units = torch.tensor(rng.choice(n, size=min(n, 23), replace=False))
+    units = torch.cat([units, units[:3]])  # a unit read twice (overlapping neighbourhoods)
+    h = x * 1.0
+    h = gather.tap(h) if tapped else h
+    got = gather.gather_units(h, units)
+    want = reference.gather_units(x, units[None])
     assert torch.equal(got, want)
-    weights = torch.tensor(rng.normal(size=want.shape))
-    (ga,) = torch.autograd.grad((got * weights).sum(), xa)
-    (gb,) = torch.autograd.grad((want * weights).sum(), xb)
-    assert ga.shape == x.shape
-    assert torch.allclose(ga, gb, rtol=0, atol=1e-12)
+    w = torch.tensor(rng.normal(size=tuple(got.shape)))
+    task = torch.tensor(rng.normal(size=tuple(x.shape)))
+    (g,) = torch.autograd.grad((got * w).sum() + (h * task).sum(), x)
+    (g_want,) = torch.autograd.grad((want * w).sum() + (x * task).sum(), x)
+    assert torch.allclose(g, g_want, rtol=0, atol=1e-12)
 
 
 def test_gather_double_backward(rng):
     x = torch.tensor(rng.normal(size=(4, 3, 5)), requires_grad=True)
-    nb = torch.tensor([[0, 4, 7, 14], [2, 4, 9, 11]])
-    units = gather.gather_units_flat(x, nb.reshape(-1), 3, 1, 5)
-    (g,) = torch.autograd.grad((units ** 3).sum(), x, create_graph=True)
-    (gg,) = torch.autograd.grad(g.sum(), x)
-    xd = x.detach().clone().requires_grad_()
-    (g2,) = torch.autograd.grad((plain_gather(xd, nb) ** 3).sum(), xd, create_graph=True)
-    (gg2,) = torch.autograd.grad(g2.sum(), xd)
-    assert torch.allclose(gg, gg2)
-
-
-# ---------------------------------------------------------------------------------- recycled gradient blocks
-
-@pytest.fixture(params=["zero_", "memset"])
-def small_cache(request, monkeypatch):
-    """Route 1 KiB+ blocks through a fresh cache so the test needs no large tensors; reused blocks are cleared
-    with torch's zero_ or (as large blocks are) with the C library's memset."""
-    cache = gather.CpuBlockCache(limit_bytes=1 << 20)
-    monkeypatch.setattr(gather, "MIN_CACHED_BYTES", 1024)
-    monkeypatch.setattr(gather, "MEMSET_MIN_BYTES", 1024 if request.param == "memset" else 1 << 40)
-    monkeypatch.setattr(gather, "_CACHE", [cache])
-    return cache
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_cached_blocks_are_zero_and_never_aliased(small_cache, dtype):
-    a = gather.zeros_for_gradient((8, 100), dtype, "cpu")
-    assert a.dtype == dtype and a.shape == (8, 100) and a.is_contiguous() and not a.any()
-    a.fill_(3.0)
-    b = gather.zeros_for_gradient((8, 100), dtype, "cpu")  # `a` is alive: a new block
-    assert b.data_ptr() != a.data_ptr() and not b.any()
-    ptr = a.data_ptr()
-    del a
-    gc.collect()
-    c = gather.zeros_for_gradient((8, 100), dtype, "cpu")  # `a`'s dirty block, cleared
-    assert c.data_ptr() == ptr and not c.any()
-    assert small_cache.reused == 1 and small_cache.allocated == 2
-    view = c[2:4]  # a view keeps the block in use
-    del c
-    gc.collect()
-    d = gather.zeros_for_gradient((8, 100), dtype, "cpu")
-    assert d.data_ptr() != ptr
-    view.fill_(1.0)
-    assert not d.any()
-
-
-def test_cache_limit_and_empty_cache(monkeypatch):
-    monkeypatch.setattr(gather, "MIN_CACHED_BYTES", 1024)
-    cache = gather.CpuBlockCache(limit_bytes=0)  # reuse disabled
-    monkeypatch.setattr(gather, "_CACHE", [cache])
-    a = gather.zeros_for_gradient((4, 1000), torch.float32, "cpu")
-    del a
-    gc.collect()
-    gather.zeros_for_gradient((4, 1000), torch.float32, "cpu")
-    assert cache.reused == 0 and cache.allocated == 2
-    cache.limit_bytes = 1 << 20
-    a = gather.zeros_for_gradient((4, 1000), torch.float32, "cpu")
-    del a
-    gc.collect()
-    gather.empty_cache()
-    gather.zeros_for_gradient((4, 1000), torch.float32, "cpu")
-    assert cache.reused == 0
-
-
-def test_cache_limit_environment_variable(monkeypatch):
-    monkeypatch.setattr(gather, "_CACHE", [])
-    monkeypatch.setenv(gather.CACHE_LIMIT_ENV, "lots")
-    with pytest.raises(ValueError, match=gather.CACHE_LIMIT_ENV):
-        gather._cache()
-    monkeypatch.setenv(gather.CACHE_LIMIT_ENV, "16")
-    assert gather._cache().limit_bytes == 16 << 20
-
-
-def test_loss_gradient_through_cached_blocks_matches_dense(rng, small_cache):
-    """Two backward passes in a row: the second reuses the first's (dirtied) blocks and must be unaffected."""
-    x = torch.tensor(rng.normal(size=(6, 4, 7, 7)), requires_grad=True)
-    pos = torch.tensor(rng.uniform(0, 3, size=(196, 2)))
-    nb = torch.tensor(np.stack([rng.choice(196, 20, replace=False) for _ in range(2)]))
-    grads = []
-    for _ in range(3):
-        (g,) = torch.autograd.grad(layer_losses([x], [pos], [nb], "rel", "mean", "torch").sum(), x)
-        grads.append(g.clone())
-        g.fill_(123.0)  # the caller scribbles on the gradient, then drops it
-        del g
-        gc.collect()
-    assert small_cache.reused >= 2
-    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[1], grads[2])
-    xd = x.detach().clone().requires_grad_()
-    units = plain_gather(xd, nb).mean(-1).reshape(2, 20, 6)
-    (want,) = torch.autograd.grad(plain_neighbourhood_losses(units, pos[nb], "rel").mean(), xd)
-    assert torch.allclose(grads[0], want, rtol=1e-9, atol=1e-12)
+    units = torch.tensor([0, 4, 7, 7, 14])
+    for tapped in (False, True):
+        torch.autograd.gradgradcheck(lambda t: gather.gather_units(gather.tap(t * 1.0) if tapped else t,
+                                                                   units).pow(3).sum(), (x,))
 
 
 # ------------------------------------------------------------------------------------ analytic backward
@@ -190,7 +97,7 @@ def test_fused_matches_autograd_float64(rng, variant, k, m, rows, dead, duplicat
     u = torch.tensor(_units(rng, k, m, rows, dead, duplicate))
     pos = torch.tensor(rng.uniform(0, 5, size=(k, m, 2)))
     ua, ub = u.clone().requires_grad_(), u.clone().requires_grad_()
-    got = reference.neighbourhood_losses(ua, pos, variant)
+    got = batched.neighbourhood_losses(ua, pos, variant)
     want = plain_neighbourhood_losses(ub, pos, variant)
     assert torch.allclose(got, want, rtol=0, atol=1e-12)
     w = torch.tensor(rng.normal(size=k))
@@ -209,7 +116,7 @@ def test_fused_float32_error_within_twice_plain(rng, variant):
     loss_ref = plain_neighbourhood_losses(ref, pos, variant)
     (g_ref,) = torch.autograd.grad(loss_ref.sum(), ref)
     errors = {}
-    for name, fn in [("fused", reference.neighbourhood_losses), ("plain", plain_neighbourhood_losses)]:
+    for name, fn in [("fused", batched.neighbourhood_losses), ("plain", plain_neighbourhood_losses)]:
         u32 = u64.float().requires_grad_()
         loss = fn(u32, pos.float(), variant)
         (g,) = torch.autograd.grad(loss.sum(), u32)
@@ -218,12 +125,26 @@ def test_fused_float32_error_within_twice_plain(rng, variant):
         assert errors["fused"][which] <= 2 * errors["plain"][which] + 1e-6, errors
 
 
-def test_fused_rejects_double_backward(rng):
-    u = torch.tensor(_units(rng, 1, 6, 5), requires_grad=True)
-    (g,) = torch.autograd.grad(reference.neighbourhood_losses(u, torch.rand(1, 6, 2, dtype=torch.float64)).sum(), u,
-                               create_graph=True)
-    with pytest.raises(RuntimeError):
-        g.sum().backward()
+@pytest.mark.parametrize("variant", ["rel", "abs"])
+def test_second_derivatives_match_finite_differences(rng, variant):
+    """create_graph=True through the fast path gives exact second derivatives (the reference's), checked against
+    finite differences; and a gradient penalty through the tapped gather agrees with the plain reference's."""
+    u = torch.tensor(_units(rng, 2, 6, 5), requires_grad=True)  # (dead units are not differentiable points)
+    pos = torch.tensor(rng.uniform(0, 3, size=(2, 6, 2)))
+    if variant == "rel":
+        torch.autograd.gradgradcheck(lambda t: batched.neighbourhood_losses(t, pos, variant), (u,))
+    x = torch.tensor(rng.normal(size=(5, 3, 4)), requires_grad=True)
+    p = torch.tensor(rng.uniform(0, 2, size=(12, 2)))
+    nb = torch.tensor(np.stack([rng.choice(12, 7, replace=False) for _ in range(2)]))
+
+    def penalty(fn):
+        (g,) = torch.autograd.grad(fn(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        return gg
+
+    fast = penalty(lambda: layer_losses([gather.tap(x * 1.0)], [p], [nb], variant, "mean", "torch").sum())
+    plain = penalty(lambda: reference.layer_loss(x, p, nb, variant, "mean"))
+    assert torch.allclose(fast, plain, rtol=1e-9, atol=1e-12) and fast.abs().max() > 0
 
 
 # ------------------------------------------------------------------------------------------- layer grouping
@@ -234,7 +155,7 @@ def test_grouped_layers_equal_one_by_one(rng, monkeypatch, time_reduction, chunk
     """Layers with equal (M, rows) share batched calls (whole, or in chunks of neighbourhoods); the result equals
     each layer alone and the NumPy reference."""
     if chunk == "chunked":
-        monkeypatch.setattr(reference, "GROUP_MATRIX_ELEMENTS", 300)  # 2 neighbourhoods of M = 12 per call
+        monkeypatch.setattr(batched, "GROUP_MATRIX_ELEMENTS", 300)  # 2 neighbourhoods of M = 12 per call
     shapes = [(5, 3, 4, 6, 6), (5, 6, 4, 3, 3), (5, 4, 4, 5, 5), (5, 40)]  # 5-D, 5-D, 5-D, flat
     ms = [12, 12, 12, 7]
     feats, positions, nbs = [], [], []

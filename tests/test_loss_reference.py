@@ -188,7 +188,9 @@ class TestErrors:
 
     def test_wrong_feature_rank_and_options(self):
         with pytest.raises(ValueError, match="features must have shape"):
-            spatial_correlation_loss(torch.randn(5, 2, 10), self.pos, self.nb)
+            spatial_correlation_loss(torch.randn(5, 2, 10, 1, 1, 1), self.pos, self.nb)  # (B, L, D) is a layout
+        with pytest.raises(ValueError, match="features must have shape"):
+            spatial_correlation_loss(torch.randn(20), self.pos, self.nb)
         with pytest.raises(ValueError, match="variant"):
             spatial_correlation_loss(self.x, self.pos, self.nb, variant="cosine")
         with pytest.raises(ValueError, match="time_reduction"):

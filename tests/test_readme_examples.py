@@ -27,3 +27,15 @@ def test_map_statistics_example_runs(capsys):
     exec(compile(blocks[0], "README-analysis", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("direction map detected: Λ = 0.8") and out[1] == "False"
+
+
+def test_vision_transformer_example_runs(capsys):
+    """The README's token-layout example: torchvision vit_b_16 blocks tapped, one SGD step with the loss."""
+    blocks = _python_blocks("## Other layouts: fully connected layers and vision transformers")
+    assert blocks, "README lost its vision-transformer example"
+    exec(compile(blocks[0], "README-vit", "exec"), {})
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "encoder.layers.encoder_layer_5" in out[0] and "(17, 768)" in out[0]
+    losses = eval(out[1].split(" ", 1)[1])  # {layer: loss}, each in [0, 1]
+    assert set(losses) == {"encoder.layers.encoder_layer_5", "encoder.layers.encoder_layer_11"}
+    assert all(0.0 <= v <= 1.0 for v in losses.values())

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tdann_fast import CorticalSheet, SpatialLoss, spatial_correlation_loss
+from tdann_fast.loss.module import draw_rows
 
 from _np_reference import layer_loss as np_layer_loss
 
@@ -24,22 +25,23 @@ def test_weighted_sum_of_layers_matches_reference(rng):
     loss = SpatialLoss(sheets, alpha={"a.0": 0.25, "b": 2.0}, neighbourhoods_per_step=3, seed=4)
     feats = _features(rng)
     total = loss(feats)
-    # replay the sampler to know which rows were drawn
-    gen = torch.Generator().manual_seed(4)
+    # replay the sampler (a pure function of seed, layer, step) to know which rows were drawn
     expected = 0.0
-    for name, w in (("a.0", 0.25), ("b", 2.0)):
+    for layer, (name, w) in enumerate((("a.0", 0.25), ("b", 2.0))):
         table = sheets[name].neighbourhoods
-        rows = table[torch.randint(table.shape[0], (3,), generator=gen)]
+        rows = table[draw_rows(4, layer, torch.tensor(0), 3, table.shape[0])]
         value = np_layer_loss(feats[name].numpy(), sheets[name].positions.double().numpy(), rows.numpy())
         assert loss.last_layer_losses[name].item() == pytest.approx(value, abs=1e-10)
         expected += w * value
     assert total.item() == pytest.approx(expected, abs=1e-10)
 
 
-def test_buffers_state_dict_and_resume_sampling(rng):
+def test_state_dict_not_buffers_and_resume_sampling(rng):
     loss = SpatialLoss(_sheets(), alpha=0.5, seed=11)
-    names = set(dict(loss.named_buffers()))
-    assert {"sheets.a__0.positions", "sheets.a__0.neighbourhoods", "sheets.b.positions", "alpha"} <= names
+    keys = set(loss.state_dict())
+    assert {"sheets.a__0.positions", "sheets.a__0.neighbourhoods", "sheets.b.positions", "alpha",
+            "sampler_step"} <= keys
+    assert dict(loss.named_buffers()) == {}  # replicated state: DDP broadcasts buffers, and none of these
     assert list(loss.parameters()) == []
     feats = _features(rng)
     loss(feats)
@@ -50,10 +52,25 @@ def test_buffers_state_dict_and_resume_sampling(rng):
     assert fresh(feats).item() == pytest.approx(nxt.item())  # sampler resumes where it was saved
 
 
-def test_to_moves_buffers():
+def test_to_moves_state_and_keeps_dtypes():
     loss = SpatialLoss(_sheets()).to(torch.float64)
-    assert loss.positions("b").dtype == torch.float64  # buffers follow .to()
+    assert loss.positions("b").dtype == torch.float32  # .to(dtype) keeps the sheet's precision
     assert loss.neighbourhoods("b").dtype == torch.int64
+    moved = loss.to("meta")
+    assert moved.positions("b").device.type == "meta" and moved.alpha.device.type == "meta"
+    assert moved.sampler_step.device.type == "meta"
+
+
+def test_sampler_rows_are_uniform_and_differ_between_steps_and_layers():
+    rows = torch.stack([draw_rows(7, 0, torch.tensor(s), 4, 10) for s in range(3000)])
+    counts = torch.bincount(rows.reshape(-1), minlength=10).double()
+    assert rows.min() >= 0 and rows.max() < 10
+    # 12000 draws over 10 rows: each count 1200 +- 35 (sd); 6 sd
+    assert (counts - 1200).abs().max() < 210
+    assert not torch.equal(draw_rows(7, 0, torch.tensor(5), 4, 1000), draw_rows(7, 1, torch.tensor(5), 4, 1000))
+    assert not torch.equal(draw_rows(7, 0, torch.tensor(5), 4, 1000), draw_rows(8, 0, torch.tensor(5), 4, 1000))
+    big = torch.tensor(2**40 + 5)  # steps beyond 2^32 stay in range
+    assert 0 <= int(draw_rows(2**63, 3, big, 1, 17)) < 17
 
 
 def test_freeze_and_set_sheet():
@@ -82,9 +99,8 @@ def test_matches_functional_form(rng):
     sheets = _sheets()
     loss = SpatialLoss({"b": sheets["b"]}, seed=3, time_reduction="dual")
     feats = {"b": torch.tensor(rng.normal(size=(6, 10, 3, 3)))}
+    rows = loss.sample_neighbourhoods("b")  # the rows of the coming step
     value = loss(feats)
-    rows = sheets["b"].neighbourhoods[torch.randint(sheets["b"].num_neighbourhoods, (1,),
-                                                    generator=torch.Generator().manual_seed(3))]
     assert value.item() == pytest.approx(
         spatial_correlation_loss(feats["b"], sheets["b"].positions.double(), rows, time_reduction="dual").item()
     )
@@ -134,7 +150,7 @@ def test_layer_names_with_the_same_buffer_key_are_refused():
     with pytest.raises(ValueError, match=r"layer names 'x__y' and 'x\.y' both map"):
         SpatialLoss({"x__y": sheets["b"], "x.y": sheets["b"]})
     loss = SpatialLoss({"a.0": sheets["a.0"], "a_0": sheets["b"]})  # distinct keys still work
-    assert set(dict(loss.named_buffers())) >= {"sheets.a__0.positions", "sheets.a_0.positions"}
+    assert set(loss.state_dict()) >= {"sheets.a__0.positions", "sheets.a_0.positions"}
 
 
 def test_positions_outside_the_sheet_are_refused():

@@ -1,7 +1,7 @@
-"""Functional form of the spatial correlation loss, with backend dispatch."""
+"""Functional form of the spatial correlation loss: gathering the sampled units, then backend dispatch."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -15,7 +15,7 @@ from .._validation import (
     check_rows,
     feature_geometry,
 )
-from . import reference
+from . import batched, gather, reference
 
 __all__ = ["spatial_correlation_loss", "resolve_backend", "layer_losses"]
 
@@ -54,18 +54,49 @@ def layer_losses(
     variant: str,
     time_reduction: str,
     backend: str,
+    check_inputs: bool = False,
+    names: Optional[Sequence[str]] = None,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """Per-layer mean losses, (L,) float32 (float64 when every input is float64), for validated inputs.
 
-    ``backend`` must be resolved ("torch" or "triton"); the Triton path covers all layers in one launch.
+    Every layer's sampled units are gathered into a small (B, K·M, T) tensor first (``gather.py``: the gradient
+    goes back into the activation's own gradient at those units only); ``backend`` (resolved: "torch" or
+    "triton") computes the losses from them, the Triton path all layers in one launch per pass. With
+    ``check_inputs`` the gathered units are checked for NaN/inf (a host sync on CUDA; the error names
+    ``names[l]``). ``gather_distributed``: the gathered units of all ranks are concatenated along the batch (with
+    gradients; the rows sampled are the same on every rank), when a process group of more than one rank is
+    initialised. Inside ``torch.compile`` the plain reference is traced instead (and ``check_inputs`` is skipped:
+    a data-dependent branch cannot be captured).
     """
-    if backend == "triton":
-        from .triton_ops import fused_spatial_loss
+    if gather._compiling():
+        values = reference.layer_losses(features, positions, neighbourhoods, variant, time_reduction)
+    else:
+        units = [gather.gather_units(f, nb.reshape(-1)) for f, nb in zip(features, neighbourhoods)]
+        if gather_distributed:
+            units = [_all_gather_batch(u) for u in units]
+        unit_positions = [p[nb] for p, nb in zip(positions, neighbourhoods)]
+        if check_inputs:
+            for l, u in enumerate(units):
+                check_finite_units(u, f"features[{names[l]!r}]" if names else "features")
+        if backend == "triton":
+            from .triton_ops import fused_unit_losses
 
-        return fused_spatial_loss(list(features), list(positions), list(neighbourhoods), variant, time_reduction)
-    values: List[torch.Tensor] = reference.layer_losses(features, positions, neighbourhoods, variant, time_reduction)
+            return fused_unit_losses(units, unit_positions, variant, time_reduction)
+        values = batched.layer_losses(units, unit_positions, variant, time_reduction)
     out_dtype = torch.float64 if all(v.dtype == torch.float64 for v in values) else torch.float32
     return torch.stack([v.to(out_dtype) for v in values])
+
+
+def _all_gather_batch(units: torch.Tensor) -> torch.Tensor:
+    """The (B, U, T) units of every rank concatenated along the batch, with gradients (no-op on one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return units
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(units.contiguous()), dim=0)
 
 
 def spatial_correlation_loss(
@@ -80,7 +111,8 @@ def spatial_correlation_loss(
     """The TDANN spatial correlation loss of one layer (DESIGN §3), averaged over neighbourhoods.
 
     Args:
-        features: activations (B, N), (B, C, H, W) or (B, C, T, H, W); units are flattened in C·H·W order.
+        features: activations (B, N), tokens (B, L, D), (B, C, H, W) or (B, C, T, H, W); units are flattened in
+            ``torch.flatten`` order (C·H·W; L·D for tokens).
         positions: (N, 2) unit positions in mm.
         neighbourhoods: (M,) or (K, M) unit indices; the result is the mean over the K rows.
         variant: ``"rel"`` (TDANN, (1 - Pearson(R, S)) / 2) or ``"abs"`` (Lee et al. 2020, mean |R - S|).
@@ -105,15 +137,12 @@ def spatial_correlation_loss(
             f"features ({features.device}), positions ({positions.device}) and neighbourhoods "
             f"({neighbourhoods.device}) must be on the same device"
         )
-    if check_inputs:
-        check_finite_units(features, neighbourhoods, "features")
     resolved = resolve_backend(backend, features.device)
-    return layer_losses([features], [positions], [neighbourhoods], variant, time_reduction, resolved)[0]
+    return layer_losses([features], [positions], [neighbourhoods], variant, time_reduction, resolved,
+                        check_inputs=check_inputs)[0]
 
 
-def check_finite_units(features: torch.Tensor, neighbourhoods: torch.Tensor, name: str) -> None:
-    """Raise when any sampled unit has a non-finite activation (reads only the sampled units)."""
-    with torch.no_grad():
-        units = reference.gather_units(features.detach(), neighbourhoods, "flatten")
-        if not bool(torch.isfinite(units).all()):
-            raise ValueError(f"{name} holds non-finite activations (NaN or inf) in the sampled units")
+def check_finite_units(units: torch.Tensor, name: str) -> None:
+    """Raise when gathered units hold a non-finite activation (a host sync on CUDA)."""
+    if not bool(torch.isfinite(units.detach()).all()):
+        raise ValueError(f"{name} holds non-finite activations (NaN or inf) in the sampled units")

@@ -1,209 +1,287 @@
-"""Gathering the sampled units of an activation tensor, with a sparse-aware backward.
+"""Reading the sampled units of an activation, and adding their gradient back into the activation's own gradient.
 
-The spatial loss reads only the units of the sampled neighbourhoods (a few hundred of the ~10^5 units of a layer),
-but the gradient autograd hands back must have the shape of the whole activation. PyTorch's own indexing backward
-allocates that gradient with ``torch.zeros`` and scatters into it; on a CPU, clearing freshly mapped memory (page
-faults plus a memset, then unmapping it again when the gradient is freed) is the largest cost of the whole loss:
-measured ~60 % of a forward+backward step of the 8-layer r3d_18 preset at B=128.
+The spatial loss reads a few hundred units of a layer's ~10^5 per sampled neighbourhood. :func:`gather_units`
+copies them into a small (B, U, T) tensor, reading them in place whatever the activation's strides (contiguous,
+channels_last, sliced; no copy of the activation). Its gradient goes back in one of two ways:
 
-:class:`GatherUnits` instead
+* **sparse injection**, for activations that went through :func:`tap` (every :class:`~tdann_fast.models.taps.
+  FeatureTaps` capture does; call it on your own activations): ``tap`` puts an identity node T between the
+  activation and everything that uses it (its output is the same storage, so in-place ops after the tap behave
+  as without it). The gather's backward hands its (B, U, T) gradient to T's slot instead of returning an
+  activation-sized one. It is added into the activation's gradient at the sampled units, with one ``index_add_``,
+  by a hook on the tapped tensor, which autograd calls once every consumer of the activation has delivered its
+  part (the gather is one of them, so its backward has run); where nothing but the loss reaches the activation,
+  autograd passes no gradient and T's own backward creates it (zeros + the units). The loss allocates and clears
+  no activation-sized tensor: it writes into the task's gradient, which the step needs anyway. The hook (rather
+  than T's backward) does the add so that ``retain_grad()`` and ``torch.autograd.grad`` with respect to the tapped
+  activation see the whole gradient; when only such a capture is asked and T does not run, the gather returns the
+  dense gradient instead. (One case is left: ``torch.autograd.grad`` with respect to a tapped activation that
+  nothing but the loss uses *and* to something before it; autograd then reports the activation as unused.)
+* **dense** (untapped tensors, ``torch.compile`` tracing, double backward, or inside :func:`dense_gradient`): an
+  activation-sized zero gradient with the units added, the way autograd's own indexing does it.
 
-* gathers with one ``index_select`` on the flat (B, C·T·HW) view (no copy of the activations when they are
-  viewable that way, which covers contiguous tensors);
-* takes the gradient from :func:`zeros_for_gradient`: large CPU blocks are recycled (see :class:`CpuBlockCache`),
-  so clearing them is a memset of memory that is already mapped, or, for a new block, ``calloc`` memory that the
-  kernel hands out already zero. The result is an ordinary contiguous tensor equal to ``torch.zeros``;
-* scatters with ``index_add_`` (repeated units, e.g. overlapping neighbourhoods, accumulate).
+The hook adds in place only into a gradient that nothing else holds: autograd may hand the same tensor to two
+branches (``a + b`` gives both the same gradient), so the hook compares the tensor's reference counts with those
+of a gradient known to be private (measured once per device type with a tiny backward, as they differ between
+torch versions); a shared, non-dense or subclassed gradient is copied first (correct, one activation-sized copy).
 
-Double backward (``create_graph=True``) takes a plain differentiable path.
+Unit ``u`` of a layer is ``c·HW + p`` in C·H·W order (``torch.flatten`` order; for tokens (B, L, D) ``l·D + d``);
+every rank is viewed as (B, C, T, H, W) by :func:`as_5d`.
 """
 from __future__ import annotations
 
-import ctypes
-import os
+import contextlib
+import functools
 import threading
-import weakref
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
-__all__ = [
-    "CpuBlockCache",
-    "GatherUnits",
-    "MIN_CACHED_BYTES",
-    "empty_cache",
-    "gather_units_flat",
-    "unit_offsets",
-    "zeros_for_gradient",
-]
+from .._validation import feature_geometry
 
-_NUMPY_DTYPES = {
-    torch.float64: np.float64,
-    torch.float32: np.float32,
-    torch.float16: np.float16,
-    torch.bfloat16: np.uint16,  # same width; +0.0 is all-zero bits in both
-}
+__all__ = ["as_5d", "dense_gradient", "gather_units", "read_units", "sparse_injection_enabled", "tap",
+           "unit_offsets"]
 
-# Large blocks are mapped fresh from the kernel by malloc on every allocation and unmapped on every free (always
-# above 32 MiB; above a threshold that depends on the allocation history below that), so they are cached here.
-MIN_CACHED_BYTES = 4 << 20
-# Reused blocks of at least this size are cleared with the C library's memset (non-temporal stores, no read of the
-# old contents: measured 4.4 ms for 100 MB against 7 ms for torch's two-thread zero_ on the 2-core CI machine);
-# smaller ones, which may still be in the last-level cache, with torch's zero_.
-MEMSET_MIN_BYTES = 32 << 20
-_DEFAULT_LIMIT_MB = 2048
-CACHE_LIMIT_ENV = "TDANN_FAST_CPU_GRAD_CACHE_MB"
+_STATE = threading.local()
 
 
-class CpuBlockCache:
-    """Recycles large CPU gradient blocks between steps, like a caching allocator.
+@contextlib.contextmanager
+def dense_gradient():
+    """Within this block, :func:`gather_units` gives activations an activation-sized gradient (autograd's own way)
+    instead of injecting the loss's gradient at the sampled units. For benchmarks and tests; results are equal."""
+    previous = getattr(_STATE, "dense", False)
+    _STATE.dense = True
+    try:
+        yield
+    finally:
+        _STATE.dense = previous
 
-    A block goes back to the free list only when the last tensor (or NumPy array) using it has been freed, so a
-    handed-out gradient is never aliased. Reused blocks are already mapped and are cleared in place (see
-    :data:`MEMSET_MIN_BYTES`); new blocks come from ``calloc`` (zero pages from the kernel). At most
-    ``limit_bytes`` are kept on the free lists (default 2048 MiB, environment variable
-    ``TDANN_FAST_CPU_GRAD_CACHE_MB``; 0 disables the reuse); :func:`empty_cache` drops them.
+
+def sparse_injection_enabled() -> bool:
+    return not getattr(_STATE, "dense", False)
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def as_5d(features: torch.Tensor) -> torch.Tensor:
+    """A (B, C, T, H, W) view of a (B, N), (B, L, D), (B, C, H, W) or (B, C, T, H, W) tensor (same storage)."""
+    d = features.dim()
+    if d == 2:
+        return features[:, :, None, None, None]
+    if d == 3:  # tokens: unit l·D + d is (c = l, w = d)
+        return features[:, :, None, None, :]
+    if d == 4:
+        return features[:, :, None]
+    if d == 5:
+        return features
+    feature_geometry(features)  # raises the error that names the accepted shapes
+    raise AssertionError("unreachable")
+
+
+def unit_offsets(units: torch.Tensor, shape: Tuple[int, ...], strides: Tuple[int, ...]) -> torch.Tensor:
+    """Element offsets, relative to a sample's first element, of every (unit, frame): (U,) → (U·T,), unit-major.
+
+    ``shape`` and ``strides`` are those of the (B, C, T, H, W) view; unit ``u = c·H·W + h·W + w``.
     """
-
-    def __init__(self, limit_bytes: int):
-        self.limit_bytes = int(limit_bytes)
-        self._free: Dict[int, List[np.ndarray]] = {}
-        self._free_bytes = 0
-        self._lock = threading.Lock()
-        self.reused = 0
-        self.allocated = 0
-
-    def _release(self, block: np.ndarray) -> None:
-        with self._lock:
-            if self._free_bytes + block.nbytes <= self.limit_bytes:
-                self._free.setdefault(block.nbytes, []).append(block)
-                self._free_bytes += block.nbytes
-
-    def zeros(self, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        np_dtype = np.dtype(_NUMPY_DTYPES[dtype])
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
-        with self._lock:
-            blocks = self._free.get(nbytes)
-            block = blocks.pop() if blocks else None
-            reused = block is not None
-            if reused:
-                self._free_bytes -= nbytes
-                self.reused += 1
-            else:
-                self.allocated += 1
-        if not reused:
-            block = np.zeros(nbytes, dtype=np.uint8)  # calloc: zero pages from the kernel, no memset
-        array = block.view(np_dtype).reshape(shape)  # a new array object; the block stays its base
-        weakref.finalize(array, self._release, block)
-        tensor = torch.from_numpy(array)
-        if dtype == torch.bfloat16:
-            tensor = tensor.view(torch.bfloat16)
-        if reused:
-            if nbytes >= MEMSET_MIN_BYTES:
-                ctypes.memset(block.ctypes.data, 0, nbytes)  # releases the GIL
-            else:
-                tensor.zero_()
-        return tensor
-
-    def empty(self) -> None:
-        with self._lock:
-            self._free.clear()
-            self._free_bytes = 0
-
-
-_CACHE_LOCK = threading.Lock()
-_CACHE: List[CpuBlockCache] = []
-
-
-def _cache() -> CpuBlockCache:
-    if not _CACHE:
-        with _CACHE_LOCK:
-            if not _CACHE:
-                raw = os.environ.get(CACHE_LIMIT_ENV, str(_DEFAULT_LIMIT_MB))
-                try:
-                    limit_mb = float(raw)
-                except ValueError:
-                    raise ValueError(f"{CACHE_LIMIT_ENV} must be a number of MiB, got {raw!r}") from None
-                _CACHE.append(CpuBlockCache(int(max(limit_mb, 0.0) * 2**20)))
-    return _CACHE[0]
-
-
-def empty_cache() -> None:
-    """Free the CPU gradient blocks kept for reuse (they are re-created on the next large backward)."""
-    if _CACHE:
-        _CACHE[0].empty()
-
-
-def zeros_for_gradient(shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A contiguous zero tensor, equal to ``torch.zeros(shape, dtype=dtype, device=device)``.
-
-    CPU blocks of at least :data:`MIN_CACHED_BYTES` come from the process's :class:`CpuBlockCache`; everything else
-    (CUDA, small blocks, other dtypes) from ``torch.zeros``.
-    """
-    device = torch.device(device)
-    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes >= MIN_CACHED_BYTES:
-            return _cache().zeros(tuple(shape), dtype)
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
-def unit_offsets(units: torch.Tensor, channels: int, frames: int, hw: int) -> torch.Tensor:
-    """Offsets in the flat C·T·HW axis of every (unit, frame): (U,) unit indices in C·HW order → (U·T,).
-
-    Unit ``u = c·HW + p`` at frame ``t`` lives at ``c·T·HW + t·HW + p``; offsets of one unit are consecutive in
-    the result (unit-major, then frame).
-    """
+    _, _, t, h, w = shape
+    _, sc, st, sh, sw = strides
+    hw = h * w
     c = torch.div(units, hw, rounding_mode="floor")
     p = units - c * hw
-    base = c * (frames * hw) + p
-    if frames == 1:
+    y = torch.div(p, w, rounding_mode="floor")
+    base = c * sc + y * sh + (p - y * w) * sw
+    if t == 1:
         return base
-    t = torch.arange(frames, device=units.device, dtype=units.dtype) * hw
-    return (base[:, None] + t[None, :]).reshape(-1)
+    frames = torch.arange(t, device=units.device, dtype=units.dtype) * st
+    return (base[:, None] + frames[None, :]).reshape(-1)
 
 
-class GatherUnits(torch.autograd.Function):
-    """``flat[:, offsets]`` for the (B, L) view of an activation; the gradient is scattered into a block from
-    :func:`zeros_for_gradient`."""
+def _rows_view(x5: torch.Tensor) -> torch.Tensor:
+    """(B, span) strided view over the storage of ``x5`` such that element ``offset`` of row b is x5's element at
+    that offset from sample b's first element (span from shapes and strides only: no device read)."""
+    b = x5.shape[0]
+    span = 1 + sum((n - 1) * s for n, s in zip(x5.shape[1:], x5.stride()[1:]))
+    return x5.as_strided((b, span), (x5.stride(0), 1), x5.storage_offset())
+
+
+def read_units(features: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """The responses of ``units`` (U,) at every frame, (B, U, T), read in place (no autograd)."""
+    x5 = as_5d(features.detach())
+    offsets = unit_offsets(units, tuple(x5.shape), x5.stride())
+    return _rows_view(x5).index_select(1, offsets).view(x5.shape[0], units.numel(), x5.shape[2])
+
+
+# ------------------------------------------------------------------------------------------------ injection
+
+_PRIVATE_COUNTS: Dict[str, Tuple[int, int]] = {}
+
+
+def _reference_counts(grad: torch.Tensor) -> Tuple[int, int]:
+    return grad._use_count(), torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
+
+
+def _private_counts(device_type: str) -> Optional[Tuple[int, int]]:
+    """Reference counts of a gradient that nothing else holds, as a tensor hook sees it on this torch (None when
+    the counts cannot be read: then every gradient is treated as shared)."""
+    if not hasattr(torch.Tensor, "_use_count") or not hasattr(torch._C, "_storage_Use_Count"):
+        return None
+    if device_type not in _PRIVATE_COUNTS:
+        seen = []
+        with torch.enable_grad():
+            x = torch.zeros(4, device=device_type, requires_grad=True)
+            y = x * 2.0
+            y.register_hook(lambda g: seen.append(_reference_counts(g)))
+            (y * 3.0).sum().backward()  # MulBackward hands y a fresh gradient that only autograd holds
+        _PRIVATE_COUNTS[device_type] = seen[0]
+    return _PRIVATE_COUNTS[device_type]
+
+
+def _is_dense(x: torch.Tensor) -> bool:
+    if x.is_contiguous():
+        return True
+    if x.dim() == 4:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        return x.is_contiguous(memory_format=torch.channels_last_3d)
+    return False
+
+
+def _writable(grad: torch.Tensor) -> bool:
+    """Whether the hook may add into ``grad`` in place: a plain, dense tensor without a graph that nothing but
+    autograd's buffer holds."""
+    if type(grad) is not torch.Tensor or grad.requires_grad or grad.is_sparse or not _is_dense(grad):
+        return False
+    if getattr(grad, "_is_zerotensor", lambda: False)():
+        return False
+    private = _private_counts(grad.device.type)
+    if private is None:
+        return False
+    uses, storage_uses = _reference_counts(grad)
+    return uses <= private[0] and storage_uses <= private[1]
+
+
+class _Slot:
+    """The loss gradients waiting to be added into one tapped activation: [(units (U,), values (B, U, T)), ...]."""
+
+    def __init__(self, like: Tuple[torch.Size, torch.dtype, torch.device]):
+        self.pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self.like = like
+
+    def add_into(self, grad: Optional[torch.Tensor], in_hook: bool) -> torch.Tensor:
+        """``grad`` (or zeros when None) with every pending gradient added at its units; empties the slot. Only a
+        tensor hook (``in_hook``, where the reference counts were measured) may add into ``grad`` in place."""
+        pending, self.pending = self.pending, []
+        if grad is None:
+            shape, dtype, device = self.like
+            grad = torch.zeros(shape, dtype=dtype, device=device)
+        elif not (in_hook and _writable(grad)):
+            grad = grad.clone(memory_format=torch.contiguous_format)
+        x5 = as_5d(grad)
+        rows = _rows_view(x5)
+        b = x5.shape[0]
+        with torch.no_grad():
+            for units, values in pending:
+                offsets = unit_offsets(units, tuple(x5.shape), x5.stride())
+                rows.index_add_(1, offsets, values.reshape(b, -1).to(grad.dtype))
+        return grad
+
+
+class _Tap(torch.autograd.Function):
+    """Identity whose output shares the input's storage (not a view: in-place ops on it are allowed); its backward
+    adds what is still pending in its slot (only when autograd passed no gradient; else the tensor hook did)."""
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        flat = _flat_view(features)
-        ctx.save_for_backward(offsets)
-        ctx.features_shape = features.shape
-        return flat.index_select(1, offsets)
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.set_materialize_grads(False)
+        ctx.tap_slot = _Slot((x.shape, x.dtype, x.device))
+        return x.detach()
+
+    @staticmethod
+    def backward(ctx, grad: Optional[torch.Tensor]):
+        slot = ctx.tap_slot
+        if slot.pending:
+            grad = slot.add_into(grad, in_hook=False)
+        return grad
+
+
+def tap(x: torch.Tensor) -> torch.Tensor:
+    """``x`` through an identity node so that the spatial loss adds its gradient into ``x``'s own gradient at the
+    sampled units only (module docstring). Use the result in place of ``x`` (in the model's forward and in the loss);
+    :class:`~tdann_fast.models.taps.FeatureTaps` does this for every capture. Returns ``x`` itself when it needs no
+    gradient or inside ``torch.compile``."""
+    if not (isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled()) or _compiling():
+        return x
+    return _Tap.apply(x)
+
+
+def _hook(slot: _Slot, grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Tensor hook on a tapped activation: add the pending gradients into its gradient."""
+    if grad is None or not slot.pending:
+        return None  # nothing to add, or no gradient to add into (then the tap's backward creates it)
+    return slot.add_into(grad, in_hook=True)
+
+
+def _tap_will_run(node) -> bool:
+    """Whether this backward runs the tap ``node`` (not merely captures the gradient of its output, as
+    ``torch.autograd.grad(loss, tapped)`` does): it does iff it runs the node before it (the only edge of a tap)."""
+    before = node.next_functions[0][0]
+    if before is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(before))
+    except (AttributeError, RuntimeError):  # an older torch: assume a plain backward
+        return True
+
+
+class _GatherUnits(torch.autograd.Function):
+    """``features`` → its units (B, U, T); backward: to the tap's slot (sparse) or an activation-sized gradient."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, units: torch.Tensor, tap_node):
+        ctx.save_for_backward(units)
+        ctx.tap_node = tap_node
+        ctx.shape = features.shape
+        return read_units(features, units)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (offsets,) = ctx.saved_tensors
-        shape = ctx.features_shape
-        b = shape[0]
-        length = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable scatter
-            full = torch.zeros((b, length), dtype=grad.dtype, device=grad.device).index_add(1, offsets, grad)
-        else:
-            full = zeros_for_gradient((b, length), grad.dtype, grad.device)
-            full.index_add_(1, offsets, grad.contiguous())
-        return full.view(shape), None
+        (units,) = ctx.saved_tensors
+        node = ctx.tap_node
+        if node is not None and not torch.is_grad_enabled() and _tap_will_run(node):
+            node.tap_slot.pending.append((units, grad))  # the tap adds it (module docstring)
+            return None, None, None
+        return _dense_gradient(grad, units, ctx.shape), None, None
 
 
-def _flat_view(features: torch.Tensor) -> torch.Tensor:
-    """(B, C·T·HW) view of the activations; a copy only when the strides do not allow a view."""
-    b = features.shape[0]
-    try:
-        return features.view(b, -1)
-    except RuntimeError:  # e.g. channels_last: not viewable as (B, C·T·HW) without reordering
-        return features.reshape(b, -1)
+def _dense_gradient(grad: torch.Tensor, units: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Activation-sized gradient of a contiguous tensor of ``shape``, zero but at ``units`` (differentiable)."""
+    x5 = as_5d(torch.empty(shape, device="meta"))
+    offsets = unit_offsets(units, tuple(x5.shape), x5.stride())
+    b = shape[0]
+    full = torch.zeros((b, x5[0].numel()), dtype=grad.dtype, device=grad.device)
+    if torch.is_grad_enabled():  # create_graph=True: differentiable with respect to grad
+        return full.index_add(1, offsets, grad.reshape(b, -1)).view(shape)
+    return full.index_add_(1, offsets, grad.reshape(b, -1)).view(shape)
 
 
-def gather_units_flat(features: torch.Tensor, units: torch.Tensor, channels: int, frames: int, hw: int) -> torch.Tensor:
-    """Responses of ``units`` (U,) at every frame: (B, U, T) in the dtype of ``features``."""
-    offsets = unit_offsets(units, channels, frames, hw)
-    b = features.shape[0]
-    if features.requires_grad and torch.is_grad_enabled():
-        out = GatherUnits.apply(features, offsets)
+def gather_units(features: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Responses of ``units`` ((U,) int64 indices in C·H·W order) at every frame: (B, U, T), the dtype of
+    ``features``, differentiable with respect to ``features`` (module docstring: sparse or dense backward)."""
+    needs_grad = features.requires_grad and torch.is_grad_enabled()
+    if not needs_grad:
+        return read_units(features, units)
+    if _compiling():  # a plain, traceable gather (dense backward)
+        b = features.shape[0]
+        x5 = as_5d(features)
+        offsets = unit_offsets(units, tuple(x5.shape), as_5d(torch.empty(features.shape, device="meta")).stride())
+        flat = features.reshape(b, -1)
+        return flat.index_select(1, offsets).view(b, units.numel(), x5.shape[2])
+    node = features.grad_fn
+    if getattr(node, "tap_slot", None) is None or not sparse_injection_enabled():
+        node = None  # not (or no longer: changed in place since) the output of a tap: dense
     else:
-        out = _flat_view(features).index_select(1, offsets)
-    return out.view(b, units.numel(), frames)
+        features.register_hook(functools.partial(_hook, node.tap_slot))
+    return _GatherUnits.apply(features, units, node)

@@ -1,20 +1,32 @@
 """``SpatialLoss``: the drop-in ``nn.Module`` that sums the spatial loss over the tapped layers of a network.
 
-Each layer's positions and neighbourhood table are buffers of a submodule under the key :func:`_buffer_key` (the
-layer name with "." replaced by "__", as module names may not hold dots); saved state_dicts use these keys. Two layer
-names with the same key (e.g. "x.y" and "x__y") are refused.
+Each layer's positions and neighbourhood table live in a submodule under the key :func:`_buffer_key` (the layer name
+with "." replaced by "__", as module names may not hold dots); saved state_dicts use these keys. Two layer names
+with the same key (e.g. "x.y" and "x__y") are refused.
+
+They are *replicated state*, not buffers (:class:`_Replicated`): identical on every rank by construction (the same
+preset and seed, or the same checkpoint), so DistributedDataParallel must not broadcast them at every step (483 MB
+for the r3d18_mt preset), and DDP sends only what ``named_buffers()`` lists. They still follow ``.to()``/``.cuda()``
+(keeping their dtypes) and are saved and loaded by ``state_dict()``/``load_state_dict()`` like buffers. The same
+holds for ``alpha`` and the sampler's step counter.
+
+Neighbourhood rows are drawn by a counter-based hash of (seed, layer, step, row) computed on the tables' device: no
+``torch.Generator`` (which ``torch.compile`` cannot trace), no host synchronisation, the same rows on every rank,
+and resuming from a state_dict continues the sequence.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Optional, Union
+import warnings
+from typing import Dict, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
 
 from .._validation import BACKENDS, TIME_REDUCTIONS, VARIANTS, check_choice, check_rows, feature_geometry
 from ..sheet import CorticalSheet, check_positions_inside
-from .functional import check_finite_units, layer_losses, resolve_backend
+from .functional import layer_losses, resolve_backend
+from .gather import _compiling
 
 __all__ = ["SpatialLoss"]
 
@@ -23,8 +35,61 @@ def _buffer_key(layer_name: str) -> str:
     return layer_name.replace(".", "__")
 
 
-class _SheetBuffers(nn.Module):
-    """One layer's positions and neighbourhood table as buffers (they follow ``.to()`` and the state_dict)."""
+class _Replicated(nn.Module):
+    """A module whose tensors named in ``_replicated`` are state like buffers (``.to()``, ``state_dict``) but not
+    buffers: ``named_buffers()`` does not list them, so DistributedDataParallel neither broadcasts nor checks them.
+    ``.to(dtype)``/``.half()`` move them but keep their dtypes. Names in ``_optional`` may be missing from a loaded
+    state_dict (states saved before they existed)."""
+
+    _replicated: Tuple[str, ...] = ()
+    _optional: Tuple[str, ...] = ()
+    _counters: Tuple[str, ...] = ()  # changed in place at every step: saved as copies
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        for name in self._replicated:
+            value = getattr(self, name)
+            moved = fn(value)
+            setattr(self, name, moved if moved.dtype == value.dtype else moved.to(value.dtype))
+        return module
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in self._replicated:
+            value = getattr(self, name)
+            if name in self._counters:
+                value = value.clone()
+            destination[prefix + name] = value if keep_vars else value.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        for name in self._replicated:
+            key = prefix + name
+            if key in unexpected_keys:
+                unexpected_keys.remove(key)
+            saved = state_dict.get(key)
+            if saved is None:
+                if strict and name not in self._optional:
+                    missing_keys.append(key)
+                continue
+            current = getattr(self, name)
+            if not isinstance(saved, torch.Tensor) or saved.dtype.is_floating_point != current.dtype.is_floating_point:
+                error_msgs.append(f"{key}: expected a {current.dtype} tensor, got {getattr(saved, 'dtype', saved)!r}")
+                continue
+            # After the swap stage the neighbourhood table may have another K or M: adopt the saved shapes.
+            setattr(self, name, saved.detach().to(device=current.device, dtype=current.dtype).clone())
+        self._after_load(prefix, state_dict, error_msgs)
+
+    def _after_load(self, prefix, state_dict, error_msgs) -> None:
+        pass
+
+
+class _SheetBuffers(_Replicated):
+    """One layer's positions (float32) and neighbourhood table (int64): replicated state (:class:`_Replicated`)."""
+
+    _replicated = ("positions", "neighbourhoods")
 
     def __init__(self, sheet: CorticalSheet, name: str):
         super().__init__()
@@ -32,18 +97,10 @@ class _SheetBuffers(nn.Module):
         self.side_mm = sheet.side_mm
         self.neighbourhood_width_mm = sheet.neighbourhood_width_mm
         self.shape = sheet.shape
-        self.register_buffer("positions", sheet.positions.detach().clone().to(torch.float32))
-        self.register_buffer("neighbourhoods", sheet.neighbourhoods.detach().clone().to(torch.int64))
+        self.positions = sheet.positions.detach().clone().to(torch.float32)
+        self.neighbourhoods = sheet.neighbourhoods.detach().clone().to(torch.int64)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        # After the swap stage the neighbourhood table may have another K or M: adopt the saved shapes.
-        for name in ("positions", "neighbourhoods"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+    def _after_load(self, prefix, state_dict, error_msgs) -> None:
         if prefix + "positions" in state_dict:  # loaded positions must lie on the (loaded) sheet
             try:
                 check_positions_inside(self.positions, self.side_mm, f"{prefix}positions")
@@ -64,7 +121,35 @@ class _SheetBuffers(nn.Module):
         )
 
 
-class SpatialLoss(nn.Module):
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x · c) mod 2^32 for int64 tensors x in [0, 2^32) without leaving int64 (16-bit halves)."""
+    lo, hi = x & 0xFFFF, x >> 16
+    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply, "lowbias32"), on int64 tensors in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def draw_rows(seed: int, layer: int, step: torch.Tensor, k: int, num_rows: int) -> torch.Tensor:
+    """``k`` row indices in [0, num_rows) for (seed, layer, step): a pure function on ``step``'s device."""
+    key = _mix32(torch.full_like(step, (seed ^ (seed >> 32)) & _MASK32))
+    key = _mix32(key ^ (_mix32(torch.full_like(step, layer + 1)) + (step & _MASK32)) & _MASK32)
+    key = _mix32((key + (step >> 32)) & _MASK32)
+    counters = torch.arange(1, k + 1, device=step.device, dtype=torch.int64)
+    u = _mix32((key + _mul32(counters, 0x9E3779B9)) & _MASK32)
+    return (u * num_rows) >> 32
+
+
+class SpatialLoss(_Replicated):
     """Weighted sum over layers of the TDANN spatial correlation loss (DESIGN §3).
 
     ``total = sum_l alpha_l * mean_k SL(layer l, neighbourhood k)``, with ``neighbourhoods_per_step`` rows drawn
@@ -77,15 +162,25 @@ class SpatialLoss(nn.Module):
         neighbourhoods_per_step: rows drawn per layer and step.
         time_reduction: ``"mean"``, ``"flatten"`` or ``"dual"`` for 5-D activations.
         seed: seed of the neighbourhood sampler (its state is saved in the ``state_dict``).
-        gather_distributed: all-gather activations across ranks (with gradients) so correlations use the global
-            batch; off by default (TDANN correlates over the local batch). No collective is called unless this is
+        gather_distributed: all-gather the sampled units across ranks (with gradients; only those, never whole
+            activations) so correlations use the global batch; off by default (TDANN correlates over the local batch). No collective is called unless this is
             set and a process group is initialised.
         backend: ``"auto"`` (Triton for CUDA tensors, batched PyTorch otherwise), ``"torch"`` or ``"triton"``.
         check_inputs: check the sampled activations for NaN/inf (a host sync on CUDA; turn off for CUDA graphs).
 
-    Positions are buffers, never parameters. They may be replaced (:meth:`set_sheet`) until :meth:`freeze`.
-    After every forward, :attr:`last_layer_losses` holds the detached per-layer values (unweighted) for logging.
+    Positions are state, never parameters, and not buffers either: DDP does not broadcast them (module docstring).
+    They may be replaced (:meth:`set_sheet`) until :meth:`freeze`. After every forward, :attr:`last_layer_losses`
+    holds the detached per-layer values (unweighted) for logging.
+
+    Gradients: for activations produced by autograd (e.g. :class:`~tdann_fast.models.taps.FeatureTaps` captures) the
+    loss adds its gradient into the activation's own gradient at the sampled units only (``gather.py``); second
+    derivatives (``create_graph=True``, e.g. a gradient penalty) are exact on every backend. A warning is given
+    once when grad is enabled and a feature has no grad (e.g. a no-grad teacher's activations).
     """
+
+    _replicated = ("alpha", "sampler_step")
+    _optional = ("sampler_step",)
+    _counters = ("sampler_step",)
 
     def __init__(
         self,
@@ -127,10 +222,10 @@ class SpatialLoss(nn.Module):
                 )
             owners[key] = name
         self.sheets = nn.ModuleDict({_buffer_key(n): _SheetBuffers(s, n) for n, s in sheets.items()})
-        self.register_buffer("alpha", self._alpha_vector(alpha), persistent=True)
+        self.alpha = self._alpha_vector(alpha)
+        self.sampler_step = torch.zeros((), dtype=torch.int64)  # forwards so far: the sampler's counter
         self._frozen = False
-        self._generators: Dict[str, torch.Generator] = {}
-        self._generator_states: Dict[str, torch.Tensor] = {}
+        self._warned_no_grad = False
         self.last_layer_losses: Dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------------ config
@@ -205,35 +300,23 @@ class SpatialLoss(nn.Module):
         self.set_sheet(name, self.sheet(name).with_positions(positions, **neighbourhood_kwargs))
 
     def get_extra_state(self):
-        states = {k: g.get_state() for k, g in self._generators.items()}
-        states.update({k: v for k, v in self._generator_states.items() if k not in states})
-        return {"frozen": self._frozen, "generator_states": states, "names": list(self._names)}
+        return {"frozen": self._frozen, "names": list(self._names), "seed": self.seed}
 
     def set_extra_state(self, state):
         if list(state.get("names", self._names)) != self._names:
             raise ValueError(f"state_dict is for layers {state.get('names')}, this SpatialLoss has {self._names}")
         self._frozen = bool(state["frozen"])
-        self._generators = {}
-        self._generator_states = dict(state.get("generator_states", {}))
+        self.seed = int(state.get("seed", self.seed))
+        # (states saved before the counter-based sampler also hold "generator_states": the sampler restarts at the
+        # saved sampler_step, or at 0 without one)
 
     # ---------------------------------------------------------------------------------------------- sampling
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        gen = self._generators.get(key)
-        if gen is None:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            if key in self._generator_states:
-                gen.set_state(self._generator_states.pop(key))
-            self._generators[key] = gen
-        return gen
-
     def sample_neighbourhoods(self, name: str) -> torch.Tensor:
-        """Draw ``neighbourhoods_per_step`` rows of the layer's table: (k, M) int64 on the table's device."""
+        """The ``neighbourhoods_per_step`` rows of the layer's table drawn at the current step: (k, M) int64 on the
+        table's device (a function of seed, layer, :attr:`sampler_step`; the step advances after each forward)."""
         table = self._layer(name).neighbourhoods
-        rows = torch.randint(
-            table.shape[0], (self.neighbourhoods_per_step,), generator=self._generator(table.device), device=table.device
-        )
+        step = self.sampler_step.to(table.device)
+        rows = draw_rows(self.seed, self._names.index(name), step, self.neighbourhoods_per_step, table.shape[0])
         return table.index_select(0, rows)
 
     # ----------------------------------------------------------------------------------------------- forward
@@ -261,29 +344,45 @@ class SpatialLoss(nn.Module):
                     f"features[{name!r}] is on {f.device} but the SpatialLoss buffers are on "
                     f"{layer.positions.device}; call .to(device) on the loss"
                 )
-            f = self._maybe_gather(f)
-            check_rows(f, self.time_reduction, f"features[{name!r}]")
-            sampled = self.sample_neighbourhoods(name)
-            if self.check_inputs:
-                check_finite_units(f, sampled, f"features[{name!r}]")
+            if self._ranks_gathered() == 1:  # (with gather_distributed the global batch counts: checked below)
+                check_rows(f, self.time_reduction, f"features[{name!r}]")
+            elif b * self._ranks_gathered() < 3:
+                raise ValueError(f"features[{name!r}]: the global batch holds {b * self._ranks_gathered()} samples; "
+                                 "the spatial loss needs at least 3")
             feats.append(f)
             positions.append(layer.positions)
-            rows.append(sampled)
-        backend = resolve_backend(self.backend, feats[0].device)
-        values = layer_losses(feats, positions, rows, self.variant, self.time_reduction, backend)
+            rows.append(self.sample_neighbourhoods(name))
+        self._warn_without_grad(feats)
+        with torch.no_grad():
+            self.sampler_step.add_(1)
+        backend = resolve_backend(self.backend, feats[0].device) if not _compiling() else "torch"
+        values = layer_losses(feats, positions, rows, self.variant, self.time_reduction, backend,
+                              check_inputs=self.check_inputs, names=self._names,
+                              gather_distributed=self.gather_distributed)
         self.last_layer_losses = {n: v.detach() for n, v in zip(self._names, values)}
         return (self.alpha.to(values.dtype) * values).sum()
 
-    def _maybe_gather(self, f: torch.Tensor) -> torch.Tensor:
+    def _warn_without_grad(self, feats) -> None:
+        if self._warned_no_grad or not torch.is_grad_enabled() or _compiling():
+            return
+        without = [n for n, f in zip(self._names, feats) if not f.requires_grad]
+        if without:
+            self._warned_no_grad = True
+            warnings.warn(
+                f"SpatialLoss: grad is enabled but features {without} do not require grad, so the spatial loss "
+                "trains nothing through them (activations captured under torch.no_grad(), detached, or from a "
+                "teacher/averaged copy of the model?); this warning is given once",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _ranks_gathered(self) -> int:
+        """How many ranks' units the loss correlates over: the world size with ``gather_distributed``, else 1."""
         if not self.gather_distributed:
-            return f
+            return 1
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return f
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(f.contiguous()), dim=0)
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     def extra_repr(self) -> str:
         return (

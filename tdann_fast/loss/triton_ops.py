@@ -3,8 +3,10 @@
 Public entry points (used by ``tdann_fast.loss.functional`` when the backend resolves to ``"triton"``):
 
 * :func:`triton_unavailable_reason` — ``None`` when the kernels can run on a device, else why not;
-* :func:`fused_spatial_loss` — per-layer mean losses (L,) float32 for already validated inputs, differentiable
-  w.r.t. the features.
+* :func:`fused_unit_losses` — per-layer mean losses (L,) float32 from the gathered units (B, K·M, T) of every
+  layer (``gather.py``), differentiable w.r.t. them; the kernels see each layer as a (B, K·M, T, 1, 1) tensor whose
+  neighbourhood rows are ``arange(K·M).view(K, M)``;
+* :func:`fused_spatial_loss` — the same from raw activations (gathers, then calls the above).
 
 Launch structure per pass, for every group of up to 8 layers (``MAX_LAYERS``): forward = stats → tiles → merge
 (three launches covering all layers × sampled neighbourhoods × tiles), backward = dZ/dX → scatter (two launches).
@@ -26,7 +28,7 @@ import torch
 
 from .._validation import check_not_complex
 
-__all__ = ["triton_unavailable_reason", "fused_spatial_loss", "KernelConfig"]
+__all__ = ["triton_unavailable_reason", "fused_spatial_loss", "fused_unit_losses", "KernelConfig"]
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _VARIANTS = {"rel": 0, "abs": 1}
@@ -270,6 +272,7 @@ class _FusedSpatialLoss(torch.autograd.Function):
         if len(modes) > 1:
             total = total * (1.0 / len(modes))
         ctx.save_for_backward(*pos, *idx)
+        ctx.inputs = feats  # the gathered units (small): for a double backward only
         ctx.states = states
         ctx.meta = (v, modes, cfg, L)
         ctx.feature_specs = [(f.shape, f.dtype, f.device) for f in feats]
@@ -282,12 +285,15 @@ class _FusedSpatialLoss(torch.autograd.Function):
         saved = ctx.saved_tensors
         pos, idx = list(saved[:L]), list(saved[L:2 * L])
         need = ctx.needs_input_grad[4:4 + L]
+        if torch.is_grad_enabled():  # create_graph=True: the reference's gradient, with its graph (exact 2nd order)
+            return (None, None, None, None, *_reference_gradients(ctx, grad_out, pos, idx, need),
+                    *([None] * (2 * L)))
         gout = grad_out.detach().to(torch.float32).contiguous()
         if len(modes) > 1:
             gout = gout * (1.0 / len(modes))
-        # Gradients are accumulated in fp32 unless every unit receives exactly one contribution (K = 1 everywhere,
-        # one time mode): then they are written once, straight in the activations' dtype (no fp32 copy).
-        direct = len(modes) == 1 and all(nb.shape[0] == 1 for nb in idx)
+        # Gradients are accumulated in fp32 unless every unit receives exactly one contribution (one time mode: the
+        # gathered units are distinct columns): then they are written once, in the units' dtype (no fp32 copy).
+        direct = len(modes) == 1
         grads = [torch.zeros(shape, dtype=dtype if direct else torch.float32, device=dev)
                  for shape, dtype, dev in ctx.feature_specs]
         for mode in modes:
@@ -298,7 +304,67 @@ class _FusedSpatialLoss(torch.autograd.Function):
         return (None, None, None, None, *out, *([None] * (2 * L)))
 
 
+def _reference_gradients(ctx, grad_out, pos, idx, need):
+    from . import reference
+
+    variant = {v: k for k, v in _VARIANTS.items()}[ctx.meta[0]]
+    reduction = {(0,): "mean", (1,): "flatten", (0, 1): "dual"}[ctx.meta[1]]
+    wanted = [x for x, n in zip(ctx.inputs, need) if n]
+    with torch.enable_grad():
+        losses = torch.stack([reference.units_loss(x.reshape(x.shape[:3]), p[nb], variant, reduction).float()
+                              for x, p, nb in zip(ctx.inputs, pos, idx)])  # x: (B, U, T, 1, 1)
+        grads = iter(torch.autograd.grad(losses, wanted, grad_out, create_graph=True))
+    return [next(grads) if n else None for n in need]
+
+
 @torch.compiler.disable
+def fused_unit_losses(
+    units: Sequence[torch.Tensor],
+    unit_positions: Sequence[torch.Tensor],
+    variant: str,
+    time_reduction: str,
+    config: Optional[KernelConfig] = None,
+) -> torch.Tensor:
+    """Per-layer mean spatial losses from gathered units: a float32 tensor (L,).
+
+    ``units[l]``: layer l's sampled responses (B, K·M, T) (``gather.gather_units``), float32/float16/bfloat16 (layers
+    of different dtypes are promoted to float32); ``unit_positions[l]``: their positions (K, M, 2) in mm. Inputs are
+    assumed validated; differentiable w.r.t. ``units`` (second order through the plain reference); deterministic.
+    """
+    if variant not in _VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(_VARIANTS)}, got {variant!r}")
+    if time_reduction not in _MODES:
+        raise ValueError(f"time_reduction must be one of {sorted(_MODES)}, got {time_reduction!r}")
+    cfg = config or DEFAULT_CONFIG
+    device = units[0].device
+    reason = triton_unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"fused_spatial_loss cannot run on {device}: {reason}")
+    units = list(units)
+    dtypes = {u.dtype for u in units}
+    if len(dtypes) > 1 or not dtypes <= set(_SUPPORTED_DTYPES):
+        units = [u.float() for u in units]
+    feats = [u[:, :, :, None, None] for u in units]  # (B, U, T, 1, 1): unit j of the kernels is column j
+    positions = [p.detach().reshape(-1, 2).to(torch.float32).contiguous() for p in unit_positions]
+    neighbourhoods = [_identity_rows(p.shape[0], p.shape[1], device) for p in unit_positions]
+    return _FusedSpatialLoss.apply(variant, time_reduction, cfg, len(feats), *feats, *positions, *neighbourhoods)
+
+
+_IDENTITY_ROWS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+
+
+def _identity_rows(k: int, m: int, device: torch.device) -> torch.Tensor:
+    """arange(K·M).view(K, M) on ``device``, cached (no launch per step)."""
+    key = (k, m, str(device))
+    rows = _IDENTITY_ROWS.get(key)
+    if rows is None:
+        rows = torch.arange(k * m, dtype=torch.int64, device=device).view(k, m)
+        _IDENTITY_ROWS[key] = rows
+        if len(_IDENTITY_ROWS) > _PLAN_CACHE_SIZE:
+            _IDENTITY_ROWS.popitem(last=False)
+    return rows
+
+
 def fused_spatial_loss(
     features: Sequence[torch.Tensor],
     positions: Sequence[torch.Tensor],
@@ -314,12 +380,9 @@ def fused_spatial_loss(
     ``positions[l]``: (N_l, 2) unit positions in mm. ``neighbourhoods[l]``: (K_l, M_l) int64 unit indices (distinct
     within a row) — the rows sampled for this step. ``variant``: "rel" | "abs"; ``time_reduction``: "mean" |
     "flatten" | "dual". Inputs are assumed validated (see ``tdann_fast.loss.functional``); differentiable w.r.t.
-    the features; deterministic.
+    the features (the gradient goes into the features' own gradient at the sampled units, ``gather.py``);
+    deterministic. The sampled units are gathered first, then :func:`fused_unit_losses` runs the kernels.
     """
-    if variant not in _VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(_VARIANTS)}, got {variant!r}")
-    if time_reduction not in _MODES:
-        raise ValueError(f"time_reduction must be one of {sorted(_MODES)}, got {time_reduction!r}")
     features, positions, neighbourhoods = list(features), list(positions), list(neighbourhoods)
     if not (len(features) == len(positions) == len(neighbourhoods)) or not features:
         raise ValueError("features, positions and neighbourhoods must be non-empty sequences of equal length, got "
@@ -327,14 +390,7 @@ def fused_spatial_loss(
     for name, seq in (("features", features), ("positions", positions)):
         for l, t in enumerate(seq):
             check_not_complex(t, f"{name}[{l}]")
-    cfg = config or DEFAULT_CONFIG
     device = features[0].device
-    reason = triton_unavailable_reason(device)
-    if reason is not None:
-        raise RuntimeError(f"fused_spatial_loss cannot run on {device}: {reason}")
-    dtypes = {f.dtype for f in features}
-    if len(dtypes) > 1 or not dtypes <= set(_SUPPORTED_DTYPES):
-        features = [f.float() for f in features]
     for name, seq in (("features", features), ("positions", positions), ("neighbourhoods", neighbourhoods)):
         for l, t in enumerate(seq):
             if t.device != device:
@@ -342,7 +398,9 @@ def fused_spatial_loss(
     for l, nb in enumerate(neighbourhoods):
         if nb.dim() != 2:
             raise ValueError(f"neighbourhoods[{l}] must be (K, M), got shape {tuple(nb.shape)}")
-    positions = [p.detach().to(torch.float32).contiguous() for p in positions]
-    neighbourhoods = [nb.to(torch.int64).contiguous() for nb in neighbourhoods]
-    return _FusedSpatialLoss.apply(variant, time_reduction, cfg, len(features), *features, *positions,
-                                   *neighbourhoods)
+    from .gather import gather_units
+
+    neighbourhoods = [nb.to(torch.int64) for nb in neighbourhoods]
+    units = [gather_units(f, nb.reshape(-1)) for f, nb in zip(features, neighbourhoods)]
+    return fused_unit_losses(units, [p[nb] for p, nb in zip(positions, neighbourhoods)], variant, time_reduction,
+                             config)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import difflib
+import weakref
 from typing import Dict, Iterable, List
 
 import torch
 from torch import nn
+
+from ..loss.gather import tap
 
 __all__ = ["FeatureTaps", "resolve_module"]
 
@@ -54,8 +57,14 @@ class FeatureTaps:
 
     Hooks are registered on construction and removed by :meth:`remove` (or on leaving the ``with`` block;
     what was captured stays readable until :meth:`clear`).
-    The captured tensors keep their autograd graph unless ``detach=True``. When a module runs more than once per
+    The captured tensors keep their autograd graph unless ``detach=True``; each capture goes through
+    :func:`tdann_fast.loss.gather.tap` (the module's output is replaced by the tapped tensor: same values and
+    storage), so a spatial loss on it adds its gradient at the sampled units only. When a module runs more than once per
     forward, the last output wins.
+
+    Each hook is bound to the module object it was made for: a ``copy.deepcopy`` of the model (a MoCo/BYOL/DINO
+    teacher, ``torch.optim.swa_utils.AveragedModel``) carries the hook along, but when the copy runs, the hook
+    recognises a module it was not made for and stores nothing, so the teacher never overwrites these features.
     """
 
     def __init__(self, model: nn.Module, layer_names: Iterable[str], detach: bool = False):
@@ -70,13 +79,25 @@ class FeatureTaps:
         self.detach = bool(detach)
         self.features: Dict[str, torch.Tensor] = {}
         modules = [resolve_module(model, n) for n in names]  # all names checked before any hook is added
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in zip(names, modules)]
+        self._handles = [m.register_forward_hook(self._hook(n, m)) for n, m in zip(names, modules)]
 
-    def _hook(self, name: str):
-        def hook(_module, _inputs, output):
+    def _hook(self, name: str, module: nn.Module):
+        bound = weakref.ref(module)
+
+        def hook(called_by, _inputs, output):
+            if called_by is not bound():  # a copy of the module (deepcopy carries hooks along): not ours
+                return None
+            first = output[0] if isinstance(output, (tuple, list)) else output
+            if self.detach:
+                self.features[name] = first.detach()
+                return None
+            tapped = tap(first)  # the spatial loss's gradient goes into this tensor's own gradient (loss/gather.py)
+            self.features[name] = tapped
+            if tapped is first:
+                return None
             if isinstance(output, (tuple, list)):
-                output = output[0]
-            self.features[name] = output.detach() if self.detach else output
+                return type(output)([tapped, *output[1:]])
+            return tapped
 
         return hook
 

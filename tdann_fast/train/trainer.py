@@ -7,7 +7,7 @@ Stages (each writes ``run_dir/stage{N}_{name}/``; any stage can be resumed, or r
 3. ``swap``        -- positions swap-optimised on the pre-trained encoder's responses to a probe set: centre-cropped
                       training clips (``swap.probe: clips``, the default), drifting gratings (``gratings``, only
                       when asked) or both; the probe set is recorded in the checkpoint (``extra["probe"]``);
-4. ``freeze``      -- positions frozen (``SpatialLoss.freeze()``; buffers, never parameters);
+4. ``freeze``      -- positions frozen (``SpatialLoss.freeze()``; state, never parameters);
 5. ``finetune``    -- fine-tuning with ``moco.weight`` × contrastive + spatial loss (weight 1, alpha > 0: joint;
                       alpha = 0: contrastive only; weight 0: spatial only, the MoCo forward still runs);
 6. ``full``        -- full training with the same composite loss.
