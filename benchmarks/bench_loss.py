@@ -53,9 +53,10 @@ from typing import Callable, Dict, List
 
 import torch
 
+from tdann_fast.loss.gather import dense_gradient
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    dense_gradient,
     environment,
     peak_extra_mb,
     print_table,
@@ -234,11 +235,6 @@ def run(args) -> dict:
     if skipped:
         providers = [p for p in providers if p not in skipped]
         print(f"[bench_loss] {', '.join(skipped)} skipped: no CUDA device (the CPU interpreter is not a benchmark)")
-    if any(p in DENSE for p in providers):
-        try:
-            dense_gradient()  # fail now, naming what is missing, rather than after minutes of measuring
-        except RuntimeError as exc:
-            raise SystemExit(f"[bench_loss] error: {exc}") from None
     step_path = args.path == "step"
     batches = [32] if args.quick else [32, 128]
     ks = [1, 8] if args.quick else [1, 8, 32]

@@ -58,9 +58,10 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
+from tdann_fast.loss.gather import dense_gradient
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    dense_gradient,
     environment,
     paired_median,
     peak_extra_mb,
@@ -303,12 +304,6 @@ def main(argv=None) -> int:
         ap.error(f"--configs: got {args.configs!r}; expected distinct names from {', '.join(CONFIGS)}, "
                  "including without (the baseline)")
     configs = [c for c in CONFIGS if c in configs]
-    if "dense" in configs:
-        try:
-            dense_gradient()  # fail now, not after minutes of measuring
-        except RuntimeError as exc:
-            print(f"[{PROG}] error: {exc}", file=sys.stderr)
-            return 2
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else None

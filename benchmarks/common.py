@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: device description, timing (CPU: torch.utils.benchmark, GPU:
 triton.testing.do_bench medians; per-call times for long steps), peak extra GPU memory, the peak resident memory of
-a process, the cached r3d18_mt preset, the package's dense-gradient switch and JSON results.
+a process, the cached r3d18_mt preset and JSON results.
 
 Results are written only where a benchmark's ``--output PATH`` says: nothing has a default path, so a run never
 overwrites the committed files under ``benchmarks/results/``."""
@@ -124,21 +124,6 @@ def r3d18_preset(num_neighbourhoods: int = 256, seed: int = 0, input_size: int =
         _PRESET_CACHE[key] = r3d18_mt(input_size=input_size, frames=frames, num_neighbourhoods=num_neighbourhoods,
                                       seed=seed)
     return _PRESET_CACHE[key]
-
-
-def dense_gradient():
-    """The package's ``tdann_fast.loss.gather.dense_gradient()`` context: inside it the loss hands autograd the dense
-    activation-sized gradient (the formulation before sparse injection, and what autograd's own indexing does)
-    instead of adding its gradient in place at the sampled units. RuntimeError when this tdann_fast has none."""
-    try:
-        from tdann_fast.loss.gather import dense_gradient as switch
-    except ImportError as exc:
-        raise RuntimeError(
-            "the dense-gradient comparison needs tdann_fast.loss.gather.dense_gradient() (a context manager that "
-            f"makes the loss return dense activation-sized gradients); this tdann_fast has none ({exc}). Leave the "
-            "dense configuration out (bench_step.py --configs without,sparse; bench_loss.py without "
-            "*_dense providers) or update the package") from None
-    return switch()
 
 
 def write_results(device: torch.device, section: str, payload: dict, path: Optional[str]) -> Optional[Path]:

@@ -72,10 +72,9 @@ def layer_losses(
     if gather._compiling():
         values = reference.layer_losses(features, positions, neighbourhoods, variant, time_reduction)
     else:
-        units = [gather.gather_units(f, nb.reshape(-1)) for f, nb in zip(features, neighbourhoods)]
+        units, unit_positions = gather.gather_layers(features, positions, neighbourhoods)
         if gather_distributed:
             units = [_all_gather_batch(u) for u in units]
-        unit_positions = [p[nb] for p, nb in zip(positions, neighbourhoods)]
         if check_inputs:
             for l, u in enumerate(units):
                 check_finite_units(u, f"features[{names[l]!r}]" if names else "features")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 from typing import Dict, List, Optional, Tuple
 
@@ -39,8 +40,8 @@ import torch
 
 from .._validation import feature_geometry
 
-__all__ = ["as_5d", "dense_gradient", "gather_units", "read_units", "sparse_injection_enabled", "tap",
-           "unit_offsets"]
+__all__ = ["as_5d", "dense_gradient", "gather_layers", "gather_units", "read_units", "sparse_injection_enabled",
+           "tap", "unit_offsets"]
 
 _STATE = threading.local()
 
@@ -256,15 +257,27 @@ class _GatherUnits(torch.autograd.Function):
         return _dense_gradient(grad, units, ctx.shape), None, None
 
 
+def _contiguous_offsets(units: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """:func:`unit_offsets` in a contiguous tensor of ``shape``, i.e. in its (B, -1) flattening."""
+    x5 = as_5d(torch.empty(shape, device="meta"))
+    return unit_offsets(units, tuple(x5.shape), x5.stride())
+
+
 def _dense_gradient(grad: torch.Tensor, units: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Activation-sized gradient of a contiguous tensor of ``shape``, zero but at ``units`` (differentiable)."""
-    x5 = as_5d(torch.empty(shape, device="meta"))
-    offsets = unit_offsets(units, tuple(x5.shape), x5.stride())
+    offsets = _contiguous_offsets(units, shape)
     b = shape[0]
-    full = torch.zeros((b, x5[0].numel()), dtype=grad.dtype, device=grad.device)
+    full = torch.zeros((b, math.prod(shape[1:])), dtype=grad.dtype, device=grad.device)
     if torch.is_grad_enabled():  # create_graph=True: differentiable with respect to grad
         return full.index_add(1, offsets, grad.reshape(b, -1)).view(shape)
     return full.index_add_(1, offsets, grad.reshape(b, -1)).view(shape)
+
+
+def gather_layers(features, positions, neighbourhoods):
+    """For every layer: its sampled units (B, K·M, T) (:func:`gather_units` of the (K, M) rows) and their positions
+    (K, M, 2). The first step of every backend."""
+    units = [gather_units(f, nb.reshape(-1)) for f, nb in zip(features, neighbourhoods)]
+    return units, [p[nb] for p, nb in zip(positions, neighbourhoods)]
 
 
 def gather_units(features: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -275,10 +288,9 @@ def gather_units(features: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         return read_units(features, units)
     if _compiling():  # a plain, traceable gather (dense backward)
         b = features.shape[0]
-        x5 = as_5d(features)
-        offsets = unit_offsets(units, tuple(x5.shape), as_5d(torch.empty(features.shape, device="meta")).stride())
         flat = features.reshape(b, -1)
-        return flat.index_select(1, offsets).view(b, units.numel(), x5.shape[2])
+        frames = as_5d(features).shape[2]
+        return flat.index_select(1, _contiguous_offsets(units, features.shape)).view(b, units.numel(), frames)
     node = features.grad_fn
     if getattr(node, "tap_slot", None) is None or not sparse_injection_enabled():
         node = None  # not (or no longer: changed in place since) the output of a tap: dense

@@ -330,6 +330,7 @@ class SpatialLoss(_Replicated):
                 f"features must hold exactly the layers {self._names}; missing {missing}, unknown {unknown}"
             )
         feats, positions, rows = [], [], []
+        ranks = self._ranks_gathered()
         for name in self._names:
             f = features[name]
             layer = self._layer(name)
@@ -344,10 +345,10 @@ class SpatialLoss(_Replicated):
                     f"features[{name!r}] is on {f.device} but the SpatialLoss buffers are on "
                     f"{layer.positions.device}; call .to(device) on the loss"
                 )
-            if self._ranks_gathered() == 1:  # (with gather_distributed the global batch counts: checked below)
+            if ranks == 1:  # (with gather_distributed the global batch counts: checked below)
                 check_rows(f, self.time_reduction, f"features[{name!r}]")
-            elif b * self._ranks_gathered() < 3:
-                raise ValueError(f"features[{name!r}]: the global batch holds {b * self._ranks_gathered()} samples; "
+            elif b * ranks < 3:
+                raise ValueError(f"features[{name!r}]: the global batch holds {b * ranks} samples; "
                                  "the spatial loss needs at least 3")
             feats.append(f)
             positions.append(layer.positions)

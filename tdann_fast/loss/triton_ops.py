@@ -398,9 +398,7 @@ def fused_spatial_loss(
     for l, nb in enumerate(neighbourhoods):
         if nb.dim() != 2:
             raise ValueError(f"neighbourhoods[{l}] must be (K, M), got shape {tuple(nb.shape)}")
-    from .gather import gather_units
+    from .gather import gather_layers
 
-    neighbourhoods = [nb.to(torch.int64) for nb in neighbourhoods]
-    units = [gather_units(f, nb.reshape(-1)) for f, nb in zip(features, neighbourhoods)]
-    return fused_unit_losses(units, [p[nb] for p, nb in zip(positions, neighbourhoods)], variant, time_reduction,
-                             config)
+    units, unit_positions = gather_layers(features, positions, [nb.to(torch.int64) for nb in neighbourhoods])
+    return fused_unit_losses(units, unit_positions, variant, time_reduction, config)
