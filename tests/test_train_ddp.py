@@ -63,6 +63,7 @@ WORKER = textwrap.dedent(r'''
     assert int(tr.moco.queue_ptr) == (2 * 2 * 3) % tr.moco.queue_size
     if rank == 0:
         print("DDP-OK", json.dumps({"queue_size": tr.moco.queue_size}))
+    dist.barrier()  # both ranks are done with every collective before either tears the group down
     dist.destroy_process_group()
 ''')
 
