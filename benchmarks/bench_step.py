@@ -1,5 +1,7 @@
 """Training-step cost of the spatial loss: an r3d_18 MoCo-like step without ``SpatialLoss``, with it as the package
-runs it (sparse gradient injection), and with it in the old dense formulation.
+runs it (sparse gradient injection), and with it in the old dense formulation. ``--model resnet18`` measures the
+ventral TDANN's network instead: the same step on images (B, 3, size, size) with ``resnet18_tdann(input_size=size,
+sizes="trained")`` sheets on its eight blocks (``--frames`` is then unused).
 
 Step = query encoder forward + backward, key encoder forward (no grad) and momentum update, InfoNCE over the batch,
 SGD update. Three configurations:
@@ -41,6 +43,7 @@ and ``configs`` (everything per configuration, per-round values included). Witho
     python benchmarks/bench_step.py --device cpu              # CPU default size; prints the table, writes nothing
     python benchmarks/bench_step.py --cpu-small               # smoke test: CPU, batch 3, 2 frames, 1 round, 1 step
     python benchmarks/bench_step.py --configs without,sparse  # leave a configuration out
+    python benchmarks/bench_step.py --model resnet18 --size 224 --output OUT.json   # the ventral TDANN's step
 """
 from __future__ import annotations
 
@@ -89,18 +92,24 @@ CUDA_FIRST_STEPS = 2  # per configuration before the rounds (Triton compilation,
 
 def build(device: torch.device, args):
     """Query and key encoders, SGD, the SpatialLoss for the clip size, and the two input batches (seeded)."""
+    from torchvision.models import resnet18
     from torchvision.models.video import r3d_18
 
     from tdann_fast.loss import SpatialLoss
+    from tdann_fast.presets import resnet18_tdann
 
     torch.manual_seed(args.seed)
-    enc_q = r3d_18(num_classes=128).to(device)
+    image = args.model == "resnet18"
+    enc_q = (resnet18 if image else r3d_18)(num_classes=128).to(device)
     enc_k = copy.deepcopy(enc_q).requires_grad_(False)
     opt = torch.optim.SGD(enc_q.parameters(), lr=0.01, momentum=0.9)
-    sheets = r3d18_preset(num_neighbourhoods=args.neighbourhoods, input_size=args.size, frames=args.frames)
+    if image:
+        sheets = resnet18_tdann(input_size=args.size, sizes="trained", num_neighbourhoods=args.neighbourhoods)
+    else:
+        sheets = r3d18_preset(num_neighbourhoods=args.neighbourhoods, input_size=args.size, frames=args.frames)
     loss_mod = SpatialLoss(sheets, alpha=ALPHA, neighbourhoods_per_step=args.k, backend=args.backend,
                            check_inputs=False).to(device)
-    shape = (args.batch, 3, args.frames, args.size, args.size)
+    shape = (args.batch, 3, args.size, args.size) if image else (args.batch, 3, args.frames, args.size, args.size)
     g = torch.Generator(device="cpu").manual_seed(args.seed)
     im_q = torch.randn(shape, generator=g).to(device)
     im_k = torch.randn(shape, generator=g).to(device)
@@ -167,7 +176,7 @@ def _worker_argv(args, config: str) -> List[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--worker", config, "--device", "cpu",
             "--batch", str(args.batch), "--frames", str(args.frames), "--size", str(args.size), "--k", str(args.k),
             "--backend", args.backend, "--neighbourhoods", str(args.neighbourhoods), "--seed", str(args.seed),
-            "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            "--warmup", str(args.warmup), "--steps", str(args.steps), "--model", args.model]
 
 
 def run_worker(args, config: str) -> dict:
@@ -250,6 +259,8 @@ def summarise(measured: dict, configs: List[str]) -> Dict[str, dict]:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["r3d_18", "resnet18"], default="r3d_18",
+                    help="r3d_18 on clips (the MT paper, default) or resnet18 on images (the ventral TDANN)")
     ap.add_argument("--device", choices=["cuda", "cpu"], default=None,
                     help="default: cuda when available, else cpu")
     ap.add_argument("--batch", type=int, default=None, help="default: 64 on CUDA, 8 on CPU (the loss needs >= 3)")
@@ -308,7 +319,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else None
     print(environment(device), flush=True)
-    print(f"[{PROG}] {args.device}: batch {args.batch}, clips {args.frames}x{args.size}x{args.size}, "
+    shown = (f"{args.model} images {args.size}x{args.size}" if args.model == "resnet18"
+             else f"clips {args.frames}x{args.size}x{args.size}")
+    print(f"[{PROG}] {args.device}: batch {args.batch}, {shown}, "
           f"{'bf16 autocast' if dtype else 'fp32'}; configurations {', '.join(configs)}; {args.rounds} rounds of "
           f"{args.warmup} warm-up + {args.steps} timed steps" + (" (one worker process each)" if dtype is None else ""),
           flush=True)
@@ -341,10 +354,14 @@ def main(argv=None) -> int:
 
     with_loss = {"sparse": "with_loss", "dense": "with_loss_dense"}
     payload = {
-        "workload": {"model": "torchvision r3d_18 (MoCo-like: q fwd+bwd, k fwd, InfoNCE, SGD)", "batch": args.batch,
-                     "clip": [args.frames, args.size, args.size], "autocast": str(dtype) if dtype else "off",
-                     "device": args.device,
-                     "spatial_loss": {"preset": "r3d18_mt", "input_size": args.size, "frames": args.frames,
+        "workload": {"model": f"torchvision {args.model} (MoCo-like: q fwd+bwd, k fwd, InfoNCE, SGD)",
+                     "batch": args.batch,
+                     "clip" if args.model == "r3d_18" else "image":
+                         [args.frames, args.size, args.size] if args.model == "r3d_18" else [args.size, args.size],
+                     "autocast": str(dtype) if dtype else "off", "device": args.device,
+                     "spatial_loss": {"preset": "r3d18_mt" if args.model == "r3d_18" else "resnet18_tdann (trained)",
+                                      "input_size": args.size,
+                                      "frames": args.frames if args.model == "r3d_18" else None,
                                       "num_neighbourhoods": args.neighbourhoods, "layers": len(BLOCKS),
                                       "alpha": ALPHA, "neighbourhoods_per_step": args.k, "backend": args.backend,
                                       "check_inputs": False},
@@ -367,7 +384,8 @@ def main(argv=None) -> int:
         "extra_peak_MiB": {c: summary[c]["extra_peak_MiB"] for c in configs if c != "without"},
         "configs": summary,
     }
-    out = write_results(device, "bench_step_cpu_small" if args.cpu_small else "bench_step", payload, args.output)
+    section = "bench_step_cpu_small" if args.cpu_small else "bench_step"
+    out = write_results(device, section + ("_resnet18" if args.model == "resnet18" else ""), payload, args.output)
     report_written(out, PROG)
     return 0
 

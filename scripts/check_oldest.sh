@@ -35,6 +35,7 @@ TORCH_TESTS=(
     tests/test_sheet.py tests/test_numerics_edges.py tests/test_triton_loss.py
     tests/test_swap_reference.py tests/test_swap_cuda.py tests/test_taps.py tests/test_presets.py tests/test_moco.py
     tests/test_train_config.py tests/test_analysis_tuning.py tests/test_analysis_pinwheels.py
+    tests/test_simclr.py tests/test_image_augment.py tests/test_analysis_v1.py
 )
 if [ "${OLDEST_ALL_TESTS:-0}" = 1 ]; then
     TORCH_TESTS+=(tests/test_readme_examples.py tests/test_analysis_report.py tests/test_cli_errors.py

@@ -145,6 +145,14 @@ def _cmd_demo(args) -> int:
         for entry in manifest["controls"].get("timeline", []):
             print(f"{'stage ' + str(entry['stage']) + ' (' + entry['label'] + ')':<28}: "
                   f"{_verdict_of(entry.get('analysis_dir'))}")
+        cat_runs = [r for r in manifest["runs"] if r.get("categories_dir")]
+        if cat_runs:
+            print("\n== category patches (layer4.1, embedded fLoc-like probe: not the fLoc set, no bodies) ==")
+            for run in sorted(cat_runs, key=lambda r: -r["alpha"]):
+                label = f"alpha {run['alpha']:g}" + (" (contrastive only)" if run["alpha"] == 0 else "")
+                print(f"{label:<28}: {_verdict_of(run['categories_dir'])}")
+                ri = Path(run["categories_dir"]) / "controls" / "random_init"
+                print(f"{'  random init (same sheet)':<28}: {_verdict_of(ri)}")
         print(f"report            : {Path(cfg.run_dir) / 'report' / 'sweep_report.md'} (and "
               f"{Path(cfg.run_dir) / 'analysis'}/<run>/report.md)")
     print(f"total             : {total:8.1f} s (run dirs under {cfg.run_dir}/runs, shared stages 1-4 in "

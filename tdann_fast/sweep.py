@@ -163,13 +163,15 @@ def _plan_runs(values: dict, runs_dir: Path, alphas, seeds, spatial_only: bool) 
         for s in seeds:
             name = run_name(a, s)
             cfg = _derive(values, run_dir=str(runs_dir / name), **{"spatial.alpha": a, "finetune_seed": s})
-            objective = "contrastive" if a == 0 else ("spatial" if cfg.moco.weight == 0 else "joint")
+            weight = cfg.simclr.weight if cfg.task == "image_simclr" else cfg.moco.weight
+            objective = "contrastive" if a == 0 else ("spatial" if weight == 0 else "joint")
             plan.append({"name": name, "alpha": a, "seed": s, "objective": objective, "cfg": cfg})
     ref = reference_alpha(alphas)
     if spatial_only and ref is not None:
         name = run_name(ref, seeds[0], spatial_only=True)
+        weight_key = "simclr.weight" if values.get("task") == "image_simclr" else "moco.weight"
         cfg = _derive(values, run_dir=str(runs_dir / name),
-                      **{"spatial.alpha": ref, "finetune_seed": seeds[0], "moco.weight": 0.0})
+                      **{"spatial.alpha": ref, "finetune_seed": seeds[0], weight_key: 0.0})
         plan.append({"name": name, "alpha": ref, "seed": seeds[0], "objective": "spatial", "cfg": cfg})
     return plan, ref
 
@@ -230,7 +232,7 @@ def training_motion(cfg: TrainConfig, out_dir, num_clips: int = 256) -> Dict[str
     data move evenly in all directions."""
     from tdann_fast._io import atomic_write_text
     from tdann_fast.data.motion import motion_direction_histogram
-    from tdann_fast.train.trainer import training_source
+    from tdann_fast.train.tasks.video_moco import training_source
 
     source = training_source(cfg)
     out = Path(out_dir)
@@ -344,14 +346,29 @@ def run_sweep(config, alphas: Sequence[float], seeds: Sequence[int], out_dir=Non
                            lambda d: analyze_checkpoint(str(ckpt), d, controls=shown, random_init_control=False,
                                                         **kw))
 
+        def analyse_categories(key: str, ckpt: Path, controls: Dict[str, Optional[str]]) -> Optional[str]:
+            from tdann_fast.analysis.analyze import analyze_checkpoint_categories
+
+            shown = {label: d for label, d in controls.items() if d}
+            return analyse(key, analysis_dir / key, ckpt,
+                           lambda d: analyze_checkpoint_categories(str(ckpt), d, layer=it_layer, controls=shown,
+                                                                   device=kw.get("device", "cpu"),
+                                                                   progress=kw.get("progress", False)))
+
+        from tdann_fast.analysis.analyze import IT_LAYER as it_layer
+
+        base_layers = active_layers(base)
+
         # ---- controls: an untrained network, where the map comes from (stages 2 and 3 of the shared run), and
         # the motion directions of the training data (a population bias of the model may come from there)
         if random_init:
             def random_analysis(d: Path):
                 from tdann_fast.analysis import analyze_random_init
 
+                image = base.task == "image_simclr"
+                extra = {"arch": "resnet18", "sheet_sizes": base.spatial.sheet_sizes or "trained"} if image else {}
                 analyze_random_init(d, frames=base.data.frames, size=base.data.size, seed=base.seed,
-                                    mean=tuple(base.data.mean), std=tuple(base.data.std), **kw)
+                                    mean=tuple(base.data.mean), std=tuple(base.data.std), **extra, **kw)
 
             m.data["controls"]["random_init"] = analyse("random_init", analysis_dir / "random_init", None,
                                                         random_analysis)
@@ -362,7 +379,7 @@ def run_sweep(config, alphas: Sequence[float], seeds: Sequence[int], out_dir=Non
             entry["analysis_dir"] = analyse_checkpoint(key, checkpoint_path(shared_dir, entry["stage"]),
                                                        {"random init": ri})
             m.write()
-        if analyze:
+        if analyze and base.task == "video_moco":  # the motion of the training clips (images do not move)
             target = analysis_dir / "training_motion"
             if not (target / "summary.json").is_file():
                 say("training data motion directions ...", end="")
@@ -402,6 +419,13 @@ def run_sweep(config, alphas: Sequence[float], seeds: Sequence[int], out_dir=Non
             entry["analysis_dir"] = analyse_checkpoint(r["name"], final, {"random init": ri, "α = 0": zero,
                                                                           "after the swap": after_swap})
             m.write()
+            if base.task == "image_simclr" and it_layer in base_layers:  # IT category patches of the last block
+                zero_cat = None if zero is None else next(
+                    (e.get("categories_dir") for e in m.data["runs"]
+                     if e["objective"] == "contrastive" and e["seed"] == r["seed"]), None)
+                entry["categories_dir"] = analyse_categories(f"{r['name']}_categories", final,
+                                                             {"α = 0": zero_cat})
+                m.write()
 
         # ---- the report (tdann_fast.analysis.sweep reads the manifest)
         if analyze:

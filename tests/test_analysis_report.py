@@ -11,6 +11,7 @@ from tdann_fast.analysis import analyze_model
 from tdann_fast.analysis.commands import register
 from tdann_fast.analysis.responses import grating_responses, layer_responses
 from tdann_fast.analysis.stimuli import DriftingGratings, StaticGratings
+from _image_models import TinyImageNet, grid_positions as _grid_positions
 
 
 class TinyVideoNet(nn.Module):
@@ -22,23 +23,6 @@ class TinyVideoNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.layer3(self.stem(x)))
-
-
-class TinyImageNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2, padding=2), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-
-    def forward(self, x):
-        return self.layer2(self.stem(x))
-
-
-def _grid_positions(c, h, w, side, rng):
-    yy, xx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-    x = np.broadcast_to(xx, (c, h, w)).reshape(-1) + rng.uniform(-0.5, 0.5, c * h * w) / w
-    y = np.broadcast_to(yy, (c, h, w)).reshape(-1) + rng.uniform(-0.5, 0.5, c * h * w) / h
-    return np.clip(np.stack([x, y], 1) * side, 0, side)
 
 
 def _png_ok(path):

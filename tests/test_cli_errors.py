@@ -118,19 +118,19 @@ def _run(argv, capsys):
 def test_bad_invocations_table(tmp_path, monkeypatch, capsys):
     """Every row: exit 2, first stderr line 'tdann-fast: error: ...' naming what is wrong, no traceback, no file or
     directory left behind; rows marked 'no work' fail before data, model or run directory are built."""
-    from tdann_fast.train.trainer import Trainer
+    from tdann_fast.train.state import RunState
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     before = _prepare(tmp_path)
-    real_setup = Trainer._setup
+    real_build = RunState.build
     allow_work = {"flag": True}
 
-    def guarded_setup(self):
+    def guarded_build(self):
         assert allow_work["flag"], "data/model were built for an invocation that should fail before any work"
-        return real_setup(self)
+        return real_build(self)
 
-    monkeypatch.setattr(Trainer, "_setup", guarded_setup)
+    monkeypatch.setattr(RunState, "build", guarded_build)
     report = []
     for argv, words, work in TABLE:
         allow_work["flag"] = work

@@ -132,17 +132,19 @@ def test_finetune_seed_resume_inside_stage5_matches(base, derived, tmp_path, mon
     reference = derived("finetune_seed=1")
     run_dir = tmp_path / "crashed"
     cfg = load_config("smoke", [f"run_dir={run_dir}", *FAST, "finetune_seed=1"])
-    original = Trainer._save
+    from tdann_fast.train import checkpoint as ckpt_io
 
-    def crash_after_step1(self, stage, step, complete, *args, **kwargs):
-        original(self, stage, step, complete, *args, **kwargs)
+    original = ckpt_io.save_stage
+
+    def crash_after_step1(run, stage, step, complete, *args, **kwargs):
+        original(run, stage, step, complete, *args, **kwargs)
         if stage == 5 and step == 1:
             raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(Trainer, "_save", crash_after_step1)
+    monkeypatch.setattr(ckpt_io, "save_stage", crash_after_step1)
     with pytest.raises(RuntimeError, match="simulated crash"):
         Trainer(cfg, from_stage=5, source=checkpoint_path(base, 4)).run()
-    monkeypatch.setattr(Trainer, "_save", original)
+    monkeypatch.setattr(ckpt_io, "save_stage", original)
     assert load_checkpoint(checkpoint_path(run_dir, 5))["step"] == 1
     Trainer(cfg, resume=True).run()
     for stage in (5, 6):

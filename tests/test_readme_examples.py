@@ -39,3 +39,14 @@ def test_vision_transformer_example_runs(capsys):
     losses = eval(out[1].split(" ", 1)[1])  # {layer: loss}, each in [0, 1]
     assert set(losses) == {"encoder.layers.encoder_layer_5", "encoder.layers.encoder_layer_11"}
     assert all(0.0 <= v <= 1.0 for v in losses.values())
+
+
+def test_ventral_dropin_example_runs(capsys):
+    """The README's ventral drop-in example: resnet18 + SimCLR + the spatial loss on two blocks, two SGD steps."""
+    blocks = _python_blocks("## The ventral TDANN on images: resnet18 + SimCLR, V1 maps and IT category patches")
+    assert blocks, "README lost its ventral drop-in example"
+    exec(compile(blocks[0], "README-ventral", "exec"), {})
+    out = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in out] == ["0", "1"]
+    losses = eval(out[-1].split(" ", 2)[2])
+    assert set(losses) == {"layer2.1", "layer4.1"} and all(0 <= v <= 1 for v in losses.values())

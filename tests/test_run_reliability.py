@@ -18,7 +18,7 @@ from tdann_fast.train import load_checkpoint, load_for_analysis
 from tdann_fast.train.checkpoint import checkpoint_path, stage_dir
 from tdann_fast.train.config import (SCHEDULE_KEYS, check_changes, config_changes, key_rule, leaf_keys, load_config)
 from tdann_fast.train.rundir import plan_run
-from tdann_fast.train.trainer import Trainer, cosine_warmup, train
+from tdann_fast.train.trainer import cosine_warmup, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,29 +81,31 @@ def test_rerun_uses_and_records_the_overridden_alpha(base_run, tmp_path):
 
 def test_resume_mid_stage_uses_the_new_alpha_lr_and_momentum(base_run, tmp_path, monkeypatch):
     run = _copy(base_run, tmp_path)
-    real_save = Trainer._save
+    from tdann_fast.train import checkpoint as ckpt_io, loop
 
-    def save_then_stop(self, stage, step, complete, *args, **kwargs):
-        real_save(self, stage, step, complete, *args, **kwargs)
+    real_save = ckpt_io.save_stage
+
+    def save_then_stop(run_state, stage, step, complete, *args, **kwargs):
+        real_save(run_state, stage, step, complete, *args, **kwargs)
         if stage == 5 and step == 2:
             raise KeyboardInterrupt  # a run stopped in the middle of stage 5
 
-    monkeypatch.setattr(Trainer, "_save", save_then_stop)
+    monkeypatch.setattr(ckpt_io, "save_stage", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(run, "finetune.steps=4", "checkpoint_every=1"), from_stage=5)
-    monkeypatch.setattr(Trainer, "_save", real_save)
+    monkeypatch.setattr(ckpt_io, "save_stage", real_save)
     mid = load_checkpoint(checkpoint_path(run, 5))
     assert mid["step"] == 2 and not mid["complete"] and mid["optimizer"] is not None
 
     seen = {}
-    real_optimiser = Trainer._optimiser
+    real_optimiser = loop.make_optimiser
 
-    def spy(self, stage, resume_state):
-        out = real_optimiser(self, stage, resume_state)
+    def spy(run_state, stage, resume_state):
+        out = real_optimiser(run_state, stage, resume_state)
         seen["groups"] = [dict(g, params=None) for g in out[1].param_groups]
         return out
 
-    monkeypatch.setattr(Trainer, "_optimiser", spy)
+    monkeypatch.setattr(loop, "make_optimiser", spy)
     train(_cfg(run, "finetune.steps=4", "checkpoint_every=1", "spatial.alpha=2.5", "finetune.lr=0.2",
                "momentum=0.5", "weight_decay=0.001"), resume=True, stop_after=5)
     rows = _rows(run, 5)

@@ -44,15 +44,17 @@ def _rows(run_dir, stage):
 def sweep(tmp_path_factory):
     """The sweep, first interrupted by a crash in stage 6 of its second run, then run again to the end."""
     out = tmp_path_factory.mktemp("sweep") / "sweep"
-    original = Trainer._train_stage
+    from tdann_fast.train import stages
 
-    def crash(self, stage, start_step, resume_state):
-        if stage == 6 and Path(self.cfg.run_dir).name == "alpha0_seed1":
+    original = stages.train_stage
+
+    def crash(run, stage, start_step, resume_state):
+        if stage == 6 and Path(run.cfg.run_dir).name == "alpha0_seed1":
             raise RuntimeError("simulated crash")
-        return original(self, stage, start_step, resume_state)
+        return original(run, stage, start_step, resume_state)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Trainer, "_train_stage", crash)
+        mp.setattr(stages, "train_stage", crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             run_sweep("smoke", ALPHAS, SEEDS, out_dir=out, analyze=False, overrides=FAST, progress=False)
     interrupted = json.loads((out / "sweep.json").read_text())

@@ -6,10 +6,14 @@ from tdann_fast.errors import ConfigError
 from tdann_fast.train.config import TrainConfig, config_from_dict, load_config, parse_overrides, resolve_config_path
 
 
-@pytest.mark.parametrize("name", ["smoke", "demo", "mt_gpu", "mt_full"])
+@pytest.mark.parametrize("name", ["smoke", "demo", "mt_gpu", "mt_full", "v1_smoke", "v1_demo", "tdann_gpu",
+                                  "tdann_full"])
 def test_shipped_configs_load(name, tmp_path):
-    cfg = load_config(name, [f"data.root={tmp_path}"] if name == "mt_full" else [])
+    cfg = load_config(name, [f"data.root={tmp_path}"] if name.endswith("_full") else [])
     assert isinstance(cfg, TrainConfig)
+    assert cfg.task == ("image_simclr" if name.startswith(("v1_", "tdann_")) else "video_moco")
+    if name == "tdann_full":  # the published models: alpha 0.25 on all eight blocks, sheets at the trained sides
+        assert cfg.spatial.alpha == 0.25 and cfg.spatial.layers is None and cfg.spatial.sheet_sizes == "trained"
     assert resolve_config_path(name).suffix == ".yaml"
 
 

@@ -1,4 +1,5 @@
-"""torchrun --nproc_per_node=2 with gloo on CPU: shuffle-BN, the queue gets keys from both ranks, ranks agree."""
+"""torchrun --nproc_per_node=2 with gloo on CPU: shuffle-BN, the queue gets keys from both ranks, ranks agree (the
+video and the image task)."""
 import os
 import shutil
 import subprocess
@@ -53,16 +54,26 @@ WORKER = textwrap.dedent(r'''
                                 "checkpoint_every=2", "moco.hidden_dim=32"])
     tr = Trainer(cfg, stop_after=1)
     tr.run()
-    flat = torch.cat([p.detach().flatten() for p in tr.moco.parameters()])
+    flat = torch.cat([p.detach().flatten() for p in tr.state.model.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(gathered, flat)
     assert torch.equal(gathered[0], gathered[1]), "ranks disagree on parameters"
-    qs = [torch.empty_like(tr.moco.queue) for _ in range(world)]
-    dist.all_gather(qs, tr.moco.queue)
+    qs = [torch.empty_like(tr.state.model.queue) for _ in range(world)]
+    dist.all_gather(qs, tr.state.model.queue)
     assert torch.equal(qs[0], qs[1])
-    assert int(tr.moco.queue_ptr) == (2 * 2 * 3) % tr.moco.queue_size
+    assert int(tr.state.model.queue_ptr) == (2 * 2 * 3) % tr.state.model.queue_size
+
+    # --- 3. the image task (SimCLR, negatives gathered across ranks) under DDP: ranks agree after steps
+    img = load_config("v1_smoke", [f"run_dir={run_dir}_image", "pretrain.steps=2", "batch_size=3",
+                                   "checkpoint_every=2", "simclr.hidden_dim=32"])
+    ti = Trainer(img, stop_after=1)
+    ti.run()
+    flat = torch.cat([p.detach().flatten() for p in ti.state.model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    assert torch.equal(gathered[0], gathered[1]), "image task: ranks disagree on parameters"
     if rank == 0:
-        print("DDP-OK", json.dumps({"queue_size": tr.moco.queue_size}))
+        print("DDP-OK", json.dumps({"queue_size": tr.state.model.queue_size}))
     dist.barrier()  # both ranks are done with every collective before either tears the group down
     dist.destroy_process_group()
 ''')
@@ -83,3 +94,5 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     from tdann_fast.train import load_checkpoint
     ck = load_checkpoint(tmp_path / "run" / "stage1_pretrain" / "checkpoint.pt")
     assert ck["world_size"] == 2 and len(ck["rng"]) == 2 and ck["complete"]
+    ci = load_checkpoint(tmp_path / "run_image" / "stage1_pretrain" / "checkpoint.pt")
+    assert ci["task"] == "image_simclr" and ci["world_size"] == 2 and ci["complete"]

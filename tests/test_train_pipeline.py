@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _runs import kill_once_exists
 from tdann_fast.errors import RunDirError
 from tdann_fast.train import STAGES, latest_checkpoint, load_checkpoint, load_for_analysis, stage_dir
 from tdann_fast.train.checkpoint import atomic_save
@@ -122,19 +123,7 @@ def _cli(run_dir, *extra):
 def test_resume_after_sigkill(tmp_path, smoke_run):
     run_dir = tmp_path / "run"
     cmd, env = _cli(run_dir)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    target = stage_dir(run_dir, 5) / "checkpoint.pt"
-    deadline = time.time() + 240
-    try:
-        while not target.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
-            if time.time() > deadline:
-                pytest.fail("no stage-5 checkpoint within 240 s")
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_once_exists(cmd, env, stage_dir(run_dir, 5) / "checkpoint.pt", REPO)
     # every checkpoint that exists is complete and loadable (temporaries may remain; they are never read)
     for p in run_dir.glob("stage*/checkpoint.pt"):
         load_checkpoint(p)

@@ -1,7 +1,8 @@
 """Physiology analysis of topographic models (DESIGN §7): grating stimuli, tuning metrics, preference maps,
 pinwheels, figures and the report.
 
-Main entry points: :func:`analyze_checkpoint`, :func:`analyze_model`, :func:`tuning_metrics`, :func:`pinwheels`,
+Main entry points: :func:`analyze_checkpoint` (direction or orientation maps), :func:`analyze_checkpoint_categories`
+(IT category patches of image models), :func:`analyze_model`, :func:`tuning_metrics`, :func:`pinwheels`,
 :func:`map_statistics` (map statistics against position-shuffled nulls, and the map-detected verdict).
 Submodules are imported lazily (``import tdann_fast.analysis`` stays cheap).
 """
@@ -18,6 +19,10 @@ _LAZY = {
     "ring_spectrum_field": "maps", "synthetic_tuning_map": "maps",
     "GratingResponses": "responses", "grating_responses": "responses", "layer_responses": "responses",
     "analyze_model": "analyze", "analyze_checkpoint": "analyze", "analyze_random_init": "analyze",
+    "analyze_checkpoint_categories": "analyze",
+    "analyze_categories": "categories", "category_tvalues": "categories", "find_patches": "categories",
+    "category_report_lines": "categories", "CategoryStimuli": "floc", "embedded_floc": "floc",
+    "load_floc_folder": "floc",
     "sweep_report": "sweep", "write_report": "report",
     "MT_REFERENCES": "references", "V1_REFERENCES": "references",
 }

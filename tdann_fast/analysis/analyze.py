@@ -21,16 +21,22 @@ from torch import nn
 from tdann_fast._io import atomic_write_text, jsonable
 
 from .figures import (plot_delta_histogram, plot_direction_map, plot_map_spectrum, plot_metric_histograms,
-                      plot_preferred_histogram, plot_ptc)
+                      plot_preferred_histogram, plot_ptc, plot_sf_map)
 from .neighbours import adjacent_differences, smoothness_curve
 from .references import references_for
 from .report import write_report
 from .responses import grating_responses
 from .stimuli import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, DriftingGratings, StaticGratings
-from .tuning import tuning_metrics
+from .tuning import cardinal_bias, sf_preference, tuning_metrics
 
 __all__ = ["analyze_model", "analyze_checkpoint", "analyze_random_init", "default_margin_mm", "preferred_uniformity",
-           "border_band", "load_metrics", "random_init_like"]
+           "border_band", "load_metrics", "random_init_like", "DEFAULT_LAYERS", "sf_map_analysis"]
+
+#: The layer analysed when none is named: MT (r3d_18, video) and V1 (resnet18, images; the TDANN's layer2.x).
+DEFAULT_LAYERS = {"r3d_18": "layer3.1", "resnet18": "layer2.1"}
+
+#: Shuffles of the SF map's smoothness null (as the orientation map's smoothness null: p can reach 0.001).
+SF_MAP_SHUFFLES = 999
 
 
 def _positions(sheet) -> np.ndarray:
@@ -138,6 +144,12 @@ def analyze_model(
     label (e.g. ``"random init"``, ``"α = 0"``) to another analysis (directory, ``metrics.json`` or dict) whose
     numbers the report sets beside this one's.
 
+    Orientation path only: ``cardinal_bias`` (share of selective units preferring 0° or 90° ± half an
+    orientation step against uniform, binomial p; all selective units and those inside the border margin) and,
+    with at least 2 SFs, ``sf_preference`` (per-unit preferred SF and log2 SF centroid of the orientation-averaged
+    responses, the SF map's smoothness against position-shuffled nulls, ``sf_preference_map.png``); with one SF
+    ``sf_preference`` says it was not measured.
+
     Writes ``metrics.json``, ``tuning.npz`` (per-unit arrays), ``direction_map.png`` (or ``orientation_map.png``),
     ``map_spectrum.png``, ``preferred_histogram.png``, ``ptc.png``, ``metric_histograms.png``,
     ``delta_histogram.png`` and ``report.md`` (opening with the verdict line). Returns the metrics dict (also
@@ -183,6 +195,13 @@ def analyze_model(
     border = {"margin_mm": margin, "units_in_band": int(band.sum()), "units_inside": int(inner.sum()),
               "preferred_in_band": preferred_uniformity(tm.preferred, gr.period, mask=tm.selective & band),
               "preferred_inside": preferred_uniformity(tm.preferred, gr.period, mask=tm.selective & inner)}
+    card, sfm, sf_arrays = None, None, {}
+    if not video:
+        d = int(np.asarray(gr.directions).size)
+        card = {"selective": cardinal_bias(tm.preferred, d, mask=tm.selective, period=gr.period),
+                "selective_inside": cardinal_bias(tm.preferred, d, mask=tm.selective & inner, period=gr.period)}
+        sfm, sf_arrays = sf_map_analysis(gr.full, stim.spatial_freqs, positions, tm.responsive,
+                                         sigma_mm=ms.sigma_mm, extent=extent, margin_mm=margin, seed=seed)
     t3 = time.perf_counter()
     name = model_name or type(model).__name__
     title = f"{name} {layer}"
@@ -200,6 +219,11 @@ def analyze_model(
         "metric_histograms": plot_metric_histograms(tm, out / "metric_histograms.png", refs, title=title),
         "delta_histogram": plot_delta_histogram(nd, out / "delta_histogram.png", smooth=sm, title=title),
     }
+    if sfm is not None and sfm.get("measured"):
+        figs["sf_map"] = plot_sf_map(sf_arrays["_map"], out / "sf_preference_map.png", positions=positions,
+                                     log2_sf=np.log2(sf_arrays["sf_centroid"]),
+                                     spatial_freqs=sfm["spatial_freqs"], counts=sfm["preferred_sf_counts"],
+                                     title=title, sheet_extent=extent)
     t4 = time.perf_counter()
     conds = stim.conditions()
     metrics: Dict[str, Any] = {
@@ -228,12 +252,17 @@ def analyze_model(
         "num_stimuli": int(conds.shape[0]),
         "controls": {k: _control_summary(v) for k, v in control_metrics.items()},
     }
+    if card is not None:
+        metrics["cardinal_bias"] = card
+    if sfm is not None:
+        metrics["sf_preference"] = sfm
     if extra:
         metrics.update(extra)
     np.savez_compressed(out / "tuning.npz", positions=positions, responses=gr.responses, directions=gr.directions,
                         best_sf=gr.best_sf, best_tf=gr.best_tf, border_band=band,
                         spectrum_k=ms.spectrum_k, spectrum_model=ms.spectrum_model,
                         spectrum_null_mean=ms.spectrum_null_mean, spectrum_null_sd=ms.spectrum_null_sd,
+                        **{k: v for k, v in sf_arrays.items() if not k.startswith("_")},
                         **{k: v for k, v in tm.arrays().items() if isinstance(v, np.ndarray)})
     t5 = time.perf_counter()
     metrics["timing_s"] = {"responses": t1 - t0, "tuning": t2 - t1, "maps": t3 - t2, "figures": t4 - t3,
@@ -245,6 +274,44 @@ def analyze_model(
     atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     metrics["files"]["metrics"] = str(out / "metrics.json")
     return metrics
+
+
+def sf_map_analysis(full, spatial_freqs, positions, responsive, *, sigma_mm=None, extent=None, margin_mm=0.0,
+                    seed: int = 0, num_shuffles: int = SF_MAP_SHUFFLES, mode: str = "mean"):
+    """Spatial-frequency preference of every unit (:func:`~tdann_fast.analysis.tuning.sf_preference` of the
+    phase-averaged responses ``full`` (N, D, SF[, TF])) and its map on the sheet: the smoothness of the log2 SF
+    centroid map (and of the log2 preferred-SF map) against ``num_shuffles`` position-shuffled nulls, over the
+    responsive units with a non-flat SF curve inside the border margin
+    (:func:`~tdann_fast.analysis.maps.scalar_map_statistics`, smoothed at ``sigma_mm``).
+
+    Returns ``(summary, arrays)``: ``summary`` the JSON-able dict stored as ``metrics["sf_preference"]``
+    (``measured`` False with the ``reason`` when fewer than 2 SFs or too few units), ``arrays`` the per-unit
+    ``sf_preferred``, ``sf_centroid``, ``sf_curve`` (for ``tuning.npz``) and ``_map`` (the scalar map
+    statistics of the centroid map, for the figure)."""
+    from .maps import scalar_map_statistics
+
+    freqs = [float(f) for f in spatial_freqs]
+    base = {"spatial_freqs": freqs, "num_spatial_freqs": len(freqs),
+            "curve": ("orientation-averaged" if mode == "mean" else "best-orientation")
+            + " phase-averaged response per SF"}
+    if len(freqs) < 2:
+        return {**base, "measured": False,
+                "reason": f"one spatial frequency ({freqs[0]:g} cycles/image): SF preference not measured"}, {}
+    sfp = sf_preference(full, freqs, mode=mode)
+    keep = np.asarray(responsive, dtype=bool) & sfp.tuned
+    arrays = {"sf_preferred": sfp.preferred_sf, "sf_centroid": sfp.centroid_sf, "sf_curve": sfp.curve}
+    out = {**base, "measured": True, **sfp.summary(mask=keep)}
+    try:
+        cen = scalar_map_statistics(positions, np.log2(sfp.centroid_sf), sigma_mm=sigma_mm, extent=extent,
+                                    margin_mm=margin_mm, mask=keep, num_shuffles=num_shuffles, seed=seed + 7)
+        arg = scalar_map_statistics(positions, np.log2(sfp.preferred_sf), sigma_mm=sigma_mm, extent=extent,
+                                    margin_mm=margin_mm, mask=keep, num_shuffles=num_shuffles, seed=seed + 8)
+    except ValueError as exc:  # too few tuned units inside the margin
+        return {**out, "measured": False, "reason": f"SF map not measured: {exc}"}, arrays
+    out["map"] = cen.summary()
+    out["map_preferred_index"] = arg.summary()
+    arrays["_map"] = cen
+    return out, arrays
 
 
 def _one_null(vectors, mask, seed):
@@ -260,7 +327,8 @@ def _one_null(vectors, mask, seed):
 def _control_summary(m: Mapping[str, Any]) -> Dict[str, Any]:
     return {"analysis_dir": m.get("analysis_dir"), "checkpoint": m.get("checkpoint"), "alpha": m.get("alpha"),
             "verdict": m.get("verdict"), "map": m.get("map"), "tuning": m.get("tuning"),
-            "preferred_uniformity": m.get("preferred_uniformity")}
+            "preferred_uniformity": m.get("preferred_uniformity"), "cardinal_bias": m.get("cardinal_bias"),
+            "sf_preference": m.get("sf_preference")}
 
 
 def _alpha_of(alpha, layer):
@@ -293,23 +361,33 @@ def random_init_like(model: nn.Module, seed: int = 0) -> nn.Module:
     return rand.eval()
 
 
-def analyze_checkpoint(checkpoint, out_dir, layer: str = "layer3.1", device="cpu", progress: bool = True,
+def analyze_checkpoint(checkpoint, out_dir, layer: Optional[str] = None, device="cpu", progress: bool = True,
                        controls: Optional[Mapping[str, Any]] = None, random_init_control: bool = True,
                        **kwargs) -> Dict[str, Any]:
     """Analyse a training checkpoint (file or run directory) with the sheet and clip settings stored in it.
 
-    Unless ``controls`` already names one or ``random_init_control`` is False, the same layer of a randomly
-    initialised r3d_18 on the **same sheet** is analysed first (``out_dir/controls/random_init``) and shown beside
+    The bundle's ``arch`` ("r3d_18": video, drifting gratings, direction map; "resnet18": images,
+    ``frames=None``, static gratings, orientation map) names the model and picks the default ``layer``
+    (:data:`DEFAULT_LAYERS`: "layer3.1" for r3d_18, "layer2.1" for resnet18). Unless ``controls`` already names
+    one or ``random_init_control`` is False, the same layer of a randomly initialised network of the same
+    architecture on the **same sheet** is analysed first (``out_dir/controls/random_init``) and shown beside
     the model in the report. ``controls`` adds other analyses (label → directory), e.g. the α = 0 run.
     Other keyword arguments go to :func:`analyze_model` (``batch_size``, ``sigma_mm``, ``margin_mm``,
     ``num_shuffles``, stimulus settings, ...)."""
+    from tdann_fast.errors import ConfigError
     from tdann_fast.train.checkpoint import load_for_analysis
 
     bundle = load_for_analysis(checkpoint, map_location="cpu")
+    arch = getattr(bundle, "arch", None) or "r3d_18"
+    task = getattr(bundle, "task", None) or ("video_moco" if arch == "r3d_18" else None)
+    if layer is None:
+        if arch not in DEFAULT_LAYERS:
+            raise ConfigError(f"layer: checkpoint {checkpoint} is a {arch!r} model with no default layer; "
+                              f"name one of {list(bundle.sheets)}")
+        layer = DEFAULT_LAYERS[arch]
     if layer not in bundle.sheets:
-        from tdann_fast.errors import ConfigError
-
-        raise ConfigError(f"layer: got {layer!r}; checkpoint {checkpoint} has sheets for {list(bundle.sheets)}")
+        raise ConfigError(f"layer: got {layer!r}; checkpoint {checkpoint} ({arch}) has sheets for "
+                          f"{list(bundle.sheets)}")
     controls = dict(controls or {})
     common = dict(frames=bundle.frames, size=bundle.size, mean=bundle.mean, std=bundle.std, layer=layer,
                   device=device, progress=progress, **kwargs)
@@ -317,24 +395,67 @@ def analyze_checkpoint(checkpoint, out_dir, layer: str = "layer3.1", device="cpu
         seed = int(bundle.config.get("seed", 0)) if isinstance(bundle.config, dict) else 0
         rand = random_init_like(bundle.encoder, seed)
         ctrl_dir = Path(out_dir) / "controls" / "random_init"
-        analyze_model(rand.eval(), bundle.sheets[layer], ctrl_dir, model_name="r3d_18 (random init)",
-                      extra={"checkpoint": "random init (same sheet)", "alpha": None, "stage": None, "seed": seed},
+        analyze_model(rand.eval(), bundle.sheets[layer], ctrl_dir, model_name=f"{arch} (random init)",
+                      extra={"checkpoint": "random init (same sheet)", "alpha": None, "stage": None, "seed": seed,
+                             "arch": arch, "task": None},
                       **common)
         controls = {"random init": ctrl_dir, **controls}
     extra = {"checkpoint": str(checkpoint), "stage": bundle.stage, "alpha": _alpha_of(bundle.alpha, layer),
              "alpha_config": bundle.alpha, "step": getattr(bundle, "step", None),
-             "probe": getattr(bundle, "probe", None),
+             "probe": getattr(bundle, "probe", None), "arch": arch, "task": task,
              "moco_weight": getattr(bundle, "moco_weight", 1.0),
              "finetune_seed": bundle.config.get("finetune_seed") if isinstance(bundle.config, dict) else None}
-    return analyze_model(bundle.encoder, bundle.sheets[layer], out_dir, extra=extra, model_name="r3d_18",
+    return analyze_model(bundle.encoder, bundle.sheets[layer], out_dir, extra=extra, model_name=arch,
                          controls=controls, **common)
+
+
+IT_LAYER = "layer4.1"  # the last block of resnet18: VTC in the ventral TDANN (category patches)
+
+
+def analyze_checkpoint_categories(checkpoint, out_dir, layer: str = IT_LAYER, floc_root=None, device="cpu",
+                                  progress: bool = True, controls: Optional[Mapping[str, Any]] = None,
+                                  random_init_control: bool = True, **kwargs) -> Dict[str, Any]:
+    """Category patches (:func:`tdann_fast.analysis.categories.analyze_categories`) of an image checkpoint's
+    ``layer`` (default layer4.1, VTC) on an fLoc-layout folder ``floc_root`` (one sub-folder per category) or,
+    without one, the embedded fLoc-like probe (:func:`tdann_fast.analysis.floc.embedded_floc`; not the fLoc set, no
+    bodies: the report says so). Unless ``controls`` names one or ``random_init_control`` is False, a randomly
+    initialised resnet18 on the same sheet is analysed first (``out_dir/controls/random_init``) and set beside it.
+    Other keyword arguments go to ``analyze_categories`` (``sigma_mm``, ``threshold``, ``num_shuffles``, ...)."""
+    from tdann_fast.errors import ConfigError
+    from tdann_fast.train.checkpoint import load_for_analysis
+
+    from .categories import analyze_categories
+    from .floc import load_floc_folder
+
+    bundle = load_for_analysis(checkpoint, map_location="cpu")
+    if bundle.arch != "resnet18":
+        raise ConfigError(f"checkpoint: {checkpoint} is a {bundle.arch} model; category patches are measured on "
+                          f"image models (task image_simclr)")
+    if layer not in bundle.sheets:
+        raise ConfigError(f"layer: got {layer!r}; checkpoint {checkpoint} has sheets for {list(bundle.sheets)}")
+    stimuli = load_floc_folder(floc_root, size=bundle.size) if floc_root else None
+    seed = int(bundle.config.get("seed", 0)) if isinstance(bundle.config, dict) else 0
+    common = dict(stimuli=stimuli, size=bundle.size, mean=bundle.mean, std=bundle.std, layer=layer, device=device,
+                  progress=progress, seed=seed, **kwargs)
+    controls = dict(controls or {})
+    if random_init_control and not any("random" in str(k) for k in controls):
+        ctrl_dir = Path(out_dir) / "controls" / "random_init"
+        analyze_categories(random_init_like(bundle.encoder, seed), bundle.sheets[layer], ctrl_dir,
+                           model_name="resnet18 (random init)",
+                           extra={"checkpoint": "random init (same sheet)", "alpha": None, "stage": None}, **common)
+        controls = {"random init": ctrl_dir, **controls}
+    extra = {"checkpoint": str(checkpoint), "stage": bundle.stage, "alpha": _alpha_of(bundle.alpha, layer),
+             "task": bundle.task}
+    return analyze_categories(bundle.encoder, bundle.sheets[layer], out_dir, controls=controls, extra=extra,
+                              model_name="resnet18", **common)
 
 
 def analyze_random_init(out_dir, arch: str = "r3d_18", frames: int = 8, size: int = 64,
                         layer: Optional[str] = None, seed: int = 0, device="cpu", progress: bool = True,
-                        **kw) -> Dict[str, Any]:
+                        sheet_sizes="analysis", **kw) -> Dict[str, Any]:
     """Analyse a randomly initialised ``r3d_18`` (MT preset, layer3.1) or ``resnet18`` (TDANN preset, V1 =
-    layer2.1, static gratings) with retinotopic sheet positions: the untrained baseline of the report."""
+    layer2.1, static gratings; ``sheet_sizes`` as in :func:`tdann_fast.presets.resnet18_tdann_specs`) with
+    retinotopic sheet positions: the untrained baseline of the report."""
     import torchvision
 
     from tdann_fast import presets
@@ -348,7 +469,7 @@ def analyze_random_init(out_dir, arch: str = "r3d_18", frames: int = 8, size: in
     elif arch == "resnet18":
         layer = layer or "layer2.1"
         model = torchvision.models.resnet18(weights=None)
-        shapes, specs = presets.resnet18_layer_shapes(size), presets.resnet18_tdann_specs("analysis")
+        shapes, specs = presets.resnet18_layer_shapes(size), presets.resnet18_tdann_specs(sheet_sizes)
         clip = {"frames": None}
     else:
         raise ValueError(f"arch must be 'r3d_18' or 'resnet18', got {arch!r}")
@@ -358,5 +479,6 @@ def analyze_random_init(out_dir, arch: str = "r3d_18", frames: int = 8, size: in
     sheet = presets.build_sheets({layer: shapes[layer]}, {layer: specs[layer]}, seed=seed + i,
                                  num_neighbourhoods=64)[layer]
     return analyze_model(model.eval(), sheet, out_dir, size=size, layer=layer, device=device, progress=progress,
-                         extra={"checkpoint": "random init", "alpha": None, "stage": None, "seed": seed},
+                         extra={"checkpoint": "random init", "alpha": None, "stage": None, "seed": seed,
+                                "arch": arch, "task": None},
                          model_name=f"{arch} (random init)", **clip, **kw)

@@ -20,12 +20,23 @@ def _floats(text: str):
 def register(subparsers) -> None:
     """Add the ``analyze`` and ``sweep-report`` subcommands to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
-        "analyze", help="drifting-grating analysis of a checkpoint: metrics.json, PNG figures, report.md",
-        description="Run drifting gratings (16 directions) through the analysed layer and write metrics.json, "
-                    "figures and report.md. Use --random-init for an untrained r3d_18 (or resnet18) baseline.")
+        "analyze", help="grating analysis of a checkpoint (and category patches of image models): metrics.json, "
+                        "PNG figures, report.md",
+        description="The model family comes from the checkpoint. Video (r3d_18): drifting gratings (16 "
+                    "directions) through the analysed layer, direction map. Images (resnet18): static gratings, "
+                    "orientation map, spatial-frequency map, cardinal bias at the V1 layer, then category patches "
+                    "of the last block (OUT/categories/) on an fLoc folder (--floc) or the embedded fLoc-like "
+                    "probe. Each beside a random-init network on the same sheet. Use --random-init for an "
+                    "untrained r3d_18 (or resnet18) baseline.")
     p.add_argument("checkpoint", nargs="?", help="checkpoint file or run directory (omit with --random-init)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--layer", default=None, help="analysed layer (default layer3.1; layer2.1 for resnet18)")
+    p.add_argument("--it-layer", default="layer4.1",
+                   help="layer of the category-patch analysis of image models (default layer4.1)")
+    p.add_argument("--floc", default=None, metavar="DIR",
+                   help="category stimuli in fLoc layout (one sub-folder per category); default: the embedded "
+                        "fLoc-like probe")
+    p.add_argument("--no-categories", action="store_true", help="image models: skip the category-patch analysis")
     p.add_argument("--device", default="cpu")
     p.add_argument("--random-init", action="store_true", help="analyse a randomly initialised model")
     p.add_argument("--arch", default="r3d_18", choices=["r3d_18", "resnet18"], help="model for --random-init")
@@ -116,10 +127,29 @@ def run_analyze(args) -> int:
     else:
         if not args.checkpoint:
             raise ConfigError("analyze: needs a CHECKPOINT (file or run directory) or --random-init")
-        m = analyze_checkpoint(args.checkpoint, args.out, layer=args.layer or "layer3.1", device=args.device,
+        from tdann_fast.train.checkpoint import load_for_analysis
+
+        arch = load_for_analysis(args.checkpoint).arch
+        video = arch == "r3d_18"
+        m = analyze_checkpoint(args.checkpoint, args.out, layer=args.layer, device=args.device,
                                progress=not args.no_progress, controls=controls or None,
                                random_init_control=not args.no_random_init_control, **common,
-                               **_stimulus_kw(args, True))
+                               **_stimulus_kw(args, video))
+        if not video and not args.no_categories:
+            _print_summary(m)
+            from pathlib import Path
+
+            from .analyze import analyze_checkpoint_categories
+            from .categories import category_report_lines
+
+            cat = analyze_checkpoint_categories(args.checkpoint, Path(args.out) / "categories", layer=args.it_layer,
+                                                floc_root=args.floc, device=args.device,
+                                                progress=not args.no_progress,
+                                                random_init_control=not args.no_random_init_control)
+            print()
+            print("\n".join(category_report_lines(cat)))
+            print(f"report: {cat['files']['report']}")
+            return 0
     _print_summary(m)
     return 0
 

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["plot_direction_map", "plot_map_spectrum", "plot_preferred_histogram", "plot_ptc", "plot_metric_histograms",
-           "plot_delta_histogram"]
+           "plot_delta_histogram", "plot_sf_map"]
 
 
 def _plt():
@@ -309,5 +309,73 @@ def plot_delta_histogram(nd, path, smooth=None, title: str = "") -> str:
         ax2.set_ylabel("mean Δ (°)")
         ax2.set_title(f"smoothness {smooth.smoothness:.3f}", fontsize=9)
         ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_sf_map(sm, path, positions=None, log2_sf=None, spatial_freqs=None, counts=None, title: str = "",
+                sheet_extent=None) -> str:
+    """Spatial-frequency preference map: left, the smoothed log2 preferred SF (kernel-weighted mean of the units'
+    values, σ of the map statistics) inside the region used for the statistics; middle, the units themselves
+    coloured by their value (border band outside the dashed box); right, one position-shuffled null at the same σ
+    (what an SF map without structure looks like); far right, the counts of preferred SFs. ``sm`` is a
+    :class:`~tdann_fast.analysis.maps.ScalarMapStatistics`."""
+    plt = _plt()
+    ncol = 3 + (counts is not None)
+    fig, axes = plt.subplots(1, ncol, figsize=(4.6 * ncol, 4.4), squeeze=False)
+    gx, gy, h = np.asarray(sm.grid_x), np.asarray(sm.grid_y), sm.grid_mm
+    ext = (gx[0] - h / 2, gx[-1] + h / 2, gy[0] - h / 2, gy[-1] + h / 2)
+    vals = np.concatenate([np.ravel(sm.smoothed), np.ravel(sm.null_smoothed)])
+    vals = vals[np.isfinite(vals)]
+    if log2_sf is not None:
+        lv = np.asarray(log2_sf, dtype=float)
+        lv = lv[np.isfinite(lv)]
+        vmin, vmax = (np.percentile(lv, 2), np.percentile(lv, 98)) if lv.size else (0.0, 1.0)
+    else:
+        vmin, vmax = (vals.min(), vals.max()) if vals.size else (0.0, 1.0)
+    fvals = np.ravel(sm.smoothed)[np.isfinite(np.ravel(sm.smoothed))]
+    fmin, fmax = (fvals.min(), fvals.max()) if fvals.size else (vmin, vmax)
+    n = sm.smoothness_null
+    a0, b0, c0, d0 = sm.inner_extent
+    box = ([a0, b0, b0, a0, a0], [c0, c0, d0, d0, c0])
+    im = axes[0, 0].imshow(sm.smoothed, origin="lower", extent=ext, cmap="viridis", vmin=fmin, vmax=fmax,
+                           interpolation="nearest")
+    fig.colorbar(im, ax=axes[0, 0], fraction=0.046, label="log2 SF (cycles/image), own scale")
+    axes[0, 0].set_title(f"{title}\nsmoothed log2 SF preference (σ = {sm.sigma_mm:.3f} mm)\nsmoothness "
+                         f"{sm.smoothness:.3f} vs shuffled {n.mean:.3f} ± {n.sd:.3f} (p = {n.p:.2g})", fontsize=8)
+    if positions is not None and log2_sf is not None:
+        p = np.asarray(positions)
+        v = np.asarray(log2_sf, dtype=float)
+        m = np.isfinite(v)
+        ax = axes[0, 1]
+        ax.set_facecolor("0.85")
+        sc = ax.scatter(p[m, 0], p[m, 1], c=v[m], cmap="viridis", vmin=vmin, vmax=vmax, s=2, linewidths=0)
+        ax.plot(*box, color="k", ls="--", lw=0.8)
+        if sheet_extent is not None:
+            ax.set_xlim(sheet_extent[0], sheet_extent[1])
+            ax.set_ylim(sheet_extent[2], sheet_extent[3])
+        ax.set_aspect("equal")
+        fig.colorbar(sc, ax=ax, fraction=0.046, label="log2 SF (cycles/image)")
+        ax.set_title(f"units (n = {int(m.sum())}) coloured by log2 SF centroid;\noutside the dashed box: border "
+                     "band (excluded)", fontsize=8)
+    else:
+        axes[0, 1].axis("off")
+    axes[0, 2].imshow(sm.null_smoothed, origin="lower", extent=ext, cmap="viridis", vmin=fmin, vmax=fmax,
+                      interpolation="nearest")
+    axes[0, 2].set_title("one position-shuffled null, same σ and colour scale", fontsize=8)
+    for ax in (axes[0, 0], axes[0, 2]):
+        ax.plot(*box, color="w", ls="--", lw=0.8)
+        ax.set_xlabel("x (mm)")
+    axes[0, 0].set_ylabel("y (mm)")
+    if counts is not None:
+        ax = axes[0, 3]
+        c = np.asarray(counts, dtype=float)
+        labels = [f"{f:g}" for f in (spatial_freqs if spatial_freqs is not None else range(c.size))]
+        ax.bar(np.arange(c.size), c / max(c.sum(), 1.0), color="C0")
+        ax.set_xticks(np.arange(c.size))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_xlabel("preferred SF (cycles/image)")
+        ax.set_ylabel("fraction of units")
+        ax.set_title(f"preferred SF (n = {int(c.sum())})", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

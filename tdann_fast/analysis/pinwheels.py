@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["PinwheelResult", "pinwheels", "smooth_vector_field", "winding_numbers", "radial_power_spectrum",
+__all__ = ["PinwheelResult", "check_positions", "pinwheels", "smooth_vector_field", "winding_numbers", "radial_power_spectrum",
            "angles_to_vectors", "default_sigma_mm", "grid_axes", "count_pinwheels"]
 
 
@@ -68,6 +68,21 @@ class PinwheelResult:
             "grid_mm": float(self.grid_mm),
         }
 
+
+def check_positions(positions) -> np.ndarray:
+    """Unit positions as a float64 (N, 2) array in mm, N >= 3, all finite; one clear error otherwise (complex,
+    non-numeric, wrong shape, NaN/inf)."""
+    if np.iscomplexobj(positions):
+        raise TypeError("positions must hold real numbers (mm), got complex values")
+    try:
+        p = np.asarray(positions, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"positions must be an (N, 2) array of numbers (mm), got {type(positions).__name__}") from None
+    if p.ndim != 2 or p.shape[1] != 2 or p.shape[0] < 3:
+        raise ValueError(f"positions must have shape (N >= 3, 2), got {np.shape(positions)}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("positions holds non-finite values")
+    return p
 
 def angles_to_vectors(angles, weights=None, period: float = 2 * math.pi) -> np.ndarray:
     """Complex vectors ``w·exp(2πi·θ/period)`` (unit length when ``weights`` is None)."""
@@ -247,11 +262,7 @@ def pinwheels(
     of the power-weighted mean wavenumber over the radial spectrum's peak (above half its height); it is NaN when
     the power peaks at the lowest resolvable wavenumber (no column period inside the map, e.g. untrained models).
     """
-    p = np.asarray(positions, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != 2 or p.shape[0] < 3:
-        raise ValueError(f"positions must have shape (N >= 3, 2), got {np.shape(positions)}")
-    if not np.all(np.isfinite(p)):
-        raise ValueError("positions holds non-finite values")
+    p = check_positions(positions)
     v = np.asarray(vectors)
     if v.shape != (p.shape[0],):
         raise ValueError(f"vectors must have shape ({p.shape[0]},) to match positions, got {v.shape}")

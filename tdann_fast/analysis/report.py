@@ -9,7 +9,10 @@ Rules the report keeps (so that it cannot be over-read):
 * a macaque reference sits beside a model number only when its definition matches the model's
   (``Reference.comparable``), and a reference for a map statistic only when a map is detected; the others are
   listed apart, with the reason;
-* the swap's probe set is stated, with a warning when it held the analysis stimuli (gratings).
+* the swap's probe set is stated, with a warning when it held the analysis stimuli (gratings);
+* V1 (orientation) reports add the spatial-frequency preference map (smoothness against position-shuffled nulls,
+  or "not measured" with one SF) and the cardinal bias (against uniform preferences, binomial p), each beside
+  the controls; no macaque number is set beside either (no reference with a matching definition).
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from typing import List, Mapping, Optional, Sequence
 
 from .references import SOURCES, Reference, references_for
 
-__all__ = ["metrics_table", "map_table", "reference_shown", "verdict_line", "write_report"]
+__all__ = ["metrics_table", "map_table", "reference_shown", "verdict_line", "write_report", "sf_lines",
+           "cardinal_lines"]
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -127,6 +131,99 @@ def _uniformity_text(u: Mapping, what: str) -> str:
             f"the modal bin (25 % if uniform)")
 
 
+def _pct(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+
+
+def _p_cell(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2g}"
+
+
+def sf_lines(metrics: Mapping, controls: Mapping[str, Mapping] = ()) -> List[str]:
+    """The spatial-frequency preference section (orientation analyses): the SF map's smoothness against its
+    position-shuffled nulls beside the controls, the preferred-SF distribution, or why it was not measured."""
+    sf = metrics.get("sf_preference")
+    out = ["## Spatial-frequency preference map", ""]
+    if not sf:
+        return out + ["SF preference not measured (this analysis predates it or is not an orientation analysis).", ""]
+    if not sf.get("measured"):
+        return out + [f"SF preference not measured: {sf.get('reason', 'n/a')}.", ""]
+    labels = list(controls)
+    csf = {c: ((controls[c] or {}).get("sf_preference") or {}) for c in labels}
+    head = ["statistic", "model", "position-shuffled (mean ± sd)", "p", *labels]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def null(m):
+        return "n/a" if not m else f"{_fmt(m.get('smoothness_null_mean'))} ± {_fmt(m.get('smoothness_null_sd'), 2)}"
+
+    for label, key in (("smoothness of the log2 SF centroid map", "map"),
+                       ("smoothness of the log2 preferred-SF map", "map_preferred_index")):
+        m = sf.get(key) or {}
+        rows.append("| " + " | ".join([label, _fmt(m.get("smoothness")), null(m), _p_cell(m.get("smoothness_p"))]
+                                      + [_fmt((csf[c].get(key) or {}).get("smoothness")) for c in labels]) + " |")
+    m = sf.get("map") or {}
+    rows.append("| " + " | ".join(["SF map significant (p < 0.01 and > null + 3 sd)", _fmt(m.get("significant")),
+                                   "-", "-"] + [_fmt((csf[c].get("map") or {}).get("significant")) for c in labels])
+                + " |")
+    rows.append("| " + " | ".join(["median SF centroid (cycles/image)", _fmt(sf.get("median_centroid_sf")), "-", "-"]
+                                  + [_fmt(csf[c].get("median_centroid_sf")) for c in labels]) + " |")
+    rows.append("| " + " | ".join(["units with a non-flat SF curve", _fmt(sf.get("num_tuned")), "-", "-"]
+                                  + [_fmt(csf[c].get("num_tuned")) for c in labels]) + " |")
+    freqs = sf.get("spatial_freqs") or []
+    fr = sf.get("preferred_sf_fractions") or []
+    dist = ", ".join(f"{f:g}: {100 * x:.1f} %" for f, x in zip(freqs, fr))
+    out += [f"Per unit, the SF tuning curve is the {sf.get('curve', 'phase-averaged response per SF')} over "
+            f"{len(freqs)} SFs ({', '.join(f'{f:g}' for f in freqs)} cycles/image); the preferred SF is its "
+            "maximum, the centroid 2^(Σ w log2 f / Σ w) with w the curve less its minimum. The map is the centroid's "
+            "log2 on the sheet (responsive units with a non-flat curve, inside the border margin), judged by the "
+            f"smoothness of the orientation map's definition against {m.get('num_shuffles', 'n/a')} "
+            "position-shuffled maps.", "", "\n".join(rows), "",
+            f"- preferred SF of the model's units (cycles/image: share): {dist or 'n/a'}",
+            "- SFs at the ends of the range are preferences that may lie beyond it; no macaque SF reference is set "
+            "beside these numbers (cycles per image are not cycles per degree).", ""]
+    return out
+
+
+def cardinal_lines(metrics: Mapping, controls: Mapping[str, Mapping] = ()) -> List[str]:
+    """The cardinal-bias section (orientation analyses): share of selective units preferring 0° or 90° against
+    uniform preferences, binomial p, for the model and each control."""
+    cb = metrics.get("cardinal_bias")
+    out = ["## Cardinal bias", ""]
+    if not cb:
+        return out + ["Cardinal bias not measured (this analysis predates it or is not an orientation analysis).", ""]
+    sel = cb.get("selective") or {}
+    head = ["units", "analysis", "n", "share at 0°/90°", "expected if uniform", "ratio", "binomial p (two-sided)",
+            "p (excess)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    entries = [("model", cb)] + [(c, (controls[c] or {}).get("cardinal_bias") or {}) for c in controls]
+    for which, key in (("selective", "selective"), ("selective, inside the border margin", "selective_inside")):
+        for label, c in entries:
+            d = (c or {}).get(key) or {}
+            rows.append("| " + " | ".join([which, label, _fmt(d.get("num_units")), _pct(d.get("share")),
+                                           _pct(d.get("expected_share")), _fmt(d.get("ratio")),
+                                           _p_cell(d.get("p")), _p_cell(d.get("p_greater"))]) + " |")
+    rand = [c for c in controls if "random" in str(c).lower()]
+    self_random = str(metrics.get("checkpoint") or "").startswith("random init")
+    out += [f"Share of orientation-selective units whose preferred orientation lies within "
+            f"±{_fmt(sel.get('half_window_deg'))}° (half an orientation step) of 0° or 90°, against "
+            f"{_pct(sel.get('expected_share'))} if preferred orientations were uniform (the null does not depend on "
+            "positions); ratio = share / expected; exact binomial p-values.", "", "\n".join(rows), "",
+            "A cardinal bias in a CNN can come from the pixel grid itself (square kernels, horizontal and vertical "
+            "sampling, the zero padding along the image's horizontal and vertical borders), not from learning: "
+            "only an excess above the random-init network's (same architecture, same sheet) speaks for a learned "
+            "bias, and the units inside the border margin are shown apart because the padding is strongest in "
+            "the band. "
+            + ("Compare with the " + ", ".join(f"**{c}**" for c in rand) + " rows." if rand
+               else "This analysis is itself a random-init network: its numbers are the pixel-grid baseline for "
+                    "trained networks of the same architecture." if self_random
+               else "**No random-init control is given in this report, so a cardinal bias here cannot be told "
+                    "apart from the pixel grid.**")
+            + " The null is uniform preferences: when the preferred orientations are far from uniform overall "
+              "(the Rayleigh test above), the cardinal share departs from the expected one for that reason too. "
+              "No macaque reference is set beside these numbers.", ""]
+    return out
+
+
 def _probe_lines(probe) -> List[str]:
     if not probe:
         return []
@@ -160,7 +257,8 @@ def write_report(metrics: Mapping, out_dir, figures: Mapping[str, str],
     if controls:
         lines.append("")
     meta = [("checkpoint", metrics.get("checkpoint")), ("stage", metrics.get("stage")), ("alpha", metrics.get("alpha")),
-            ("contrastive weight", metrics.get("moco_weight")), ("stimuli", metrics.get("stimuli_text")),
+            ("contrastive weight", metrics.get("moco_weight")), ("task", metrics.get("task")),
+            ("stimuli", metrics.get("stimuli_text")),
             ("units", metrics.get("tuning", {}).get("num_units")),
             ("run time", f"{metrics.get('timing_s', {}).get('total', float('nan')):.1f} s")]
     for k, v in meta:
@@ -187,6 +285,8 @@ def write_report(metrics: Mapping, out_dir, figures: Mapping[str, str],
               "- " + _uniformity_text(border.get("preferred_in_band") or {}, "in the border band"), "",
               "A shared bias of the preferred angles is not a map: smoothing turns it into one colour over the "
               "sheet. The smoothness statistic removes the population mean vector before comparing neighbours.", ""]
+    if kind == "orientation":
+        lines += cardinal_lines(metrics, controls) + sf_lines(metrics, controls)
     lines += ["## Figures", ""]
     captions = {
         "direction_map": "Smoothed preference map (hue: preferred angle; brightness: vector length) with +1 "
@@ -203,6 +303,9 @@ def write_report(metrics: Mapping, out_dir, figures: Mapping[str, str],
                              "only where the definitions match.",
         "delta_histogram": "Preferred-angle difference between adjacent units vs a position-shuffled null; mean "
                            "difference against cortical distance.",
+        "sf_map": "Spatial-frequency preference map: the smoothed log2 SF centroid (own colour scale), the units "
+                  "coloured by it, one position-shuffled null at the same σ and colour scale, and the counts of "
+                  "preferred SFs.",
     }
     for key, path in figures.items():
         if key == "report":
@@ -236,7 +339,9 @@ def write_report(metrics: Mapping, out_dir, figures: Mapping[str, str],
         "", "## Definitions", "",
         "Responses are time-mean activations averaged over phases at each unit's best spatial × temporal "
         "frequency; DSI = 1 - R_null/R_pref; CV = 1 - |Σ r e^{iθ}|/Σ r"
-        + (" (doubled angles for orientation)" if kind == "orientation" else "")
+        + (" (doubled angles for orientation: the orientation CV of Ringach et al. 2002, over the orientations at "
+           "each unit's best SF, the SF whose best orientation gives the largest response)"
+           if kind == "orientation" else "")
         + f"; selective means DSI ≥ {t.get('selective_threshold', 0.5):g}; FWHM = 2·arccos(1 + ln 0.5/κ) of a "
         "fitted von Mises; the CV-derived bandwidth is the FWHM of the von Mises with the same CV. Medians are over "
         "responsive units. The map statistics are defined in the docstring of `tdann_fast/analysis/maps.py`, the "

@@ -41,6 +41,9 @@ __all__ = [
     "kappa_from_resultant",
     "population_tuning_curve",
     "curve_fwhm",
+    "SFPreference",
+    "sf_preference",
+    "cardinal_bias",
 ]
 
 _LN_HALF = math.log(0.5)
@@ -356,3 +359,116 @@ def tuning_metrics(
         responsive=responsive, selective=selective, ptc_offsets=offs * (period / d), ptc=ptc,
         ptc_fwhm_deg=curve_fwhm(ptc, step_deg), period=float(period), selective_threshold=float(selective_threshold),
     )
+
+
+# --------------------------------------------------------------------------------- spatial frequency, cardinal
+@dataclass
+class SFPreference:
+    """Per-unit spatial-frequency preference (arrays of length N; see :func:`sf_preference`).
+
+    ``curve`` (N, SF) is the SF tuning curve used (orientation-averaged, phase-averaged responses);
+    ``preferred_sf`` the SF (cycles per image) with the largest value of the curve, ``preferred_index`` its index;
+    ``centroid_sf`` the baseline-free response-weighted geometric mean SF, ``2^(Σ_s w_s log2 f_s / Σ_s w_s)`` with
+    ``w_s = curve_s - min_s curve``; ``modulation`` (max - min)/(max + min) of the curve. Units whose curve is flat
+    or zero (``tuned`` False) have NaN preferences."""
+
+    spatial_freqs: np.ndarray
+    curve: np.ndarray
+    preferred_index: np.ndarray
+    preferred_sf: np.ndarray
+    centroid_sf: np.ndarray
+    modulation: np.ndarray
+    tuned: np.ndarray
+
+    def summary(self, mask=None) -> Dict[str, object]:
+        """Counts of preferred SFs, median centroid and modulation over tuned units (within ``mask``)."""
+        keep = self.tuned if mask is None else (self.tuned & np.asarray(mask, dtype=bool))
+        nsf = self.spatial_freqs.size
+        counts = np.bincount(self.preferred_index[keep], minlength=nsf) if keep.any() else np.zeros(nsf, int)
+        cen = self.centroid_sf[keep]
+        return {
+            "spatial_freqs": [float(f) for f in self.spatial_freqs],
+            "num_tuned": int(keep.sum()),
+            "preferred_sf_counts": [int(c) for c in counts],
+            "preferred_sf_fractions": [float(c / max(int(keep.sum()), 1)) for c in counts],
+            "median_centroid_sf": float(np.median(cen)) if cen.size else float("nan"),
+            "median_log2_centroid_sf": float(np.median(np.log2(cen))) if cen.size else float("nan"),
+            "iqr_log2_centroid_sf": (float(np.subtract(*np.percentile(np.log2(cen), [75, 25])))
+                                     if cen.size else float("nan")),
+            "median_sf_modulation": float(np.median(self.modulation[keep])) if keep.any() else float("nan"),
+        }
+
+
+def sf_preference(full, spatial_freqs, mode: str = "mean") -> SFPreference:
+    """Spatial-frequency preference of N units from their phase-averaged responses ``full`` (N, D, SF) or
+    (N, D, SF, TF) (``GratingResponses.full``; with TF > 1 the TF with the largest response is used per unit).
+
+    ``mode="mean"`` (default): the SF tuning curve is the response averaged over the D orientations (the unit's
+    SF tuning independent of its orientation estimate, so orientation noise does not enter it); ``mode="best"``:
+    the response at the unit's best orientation for each SF (the maximum over orientations). The preferred SF is
+    the SF where the curve is largest; the centroid and modulation are defined in :class:`SFPreference`. Needs
+    at least 2 SFs (ValueError otherwise)."""
+    r = np.asarray(check_not_complex(full, "full"), dtype=np.float64)
+    if r.ndim == 4:
+        best_tf = r.max(axis=(1, 2)).argmax(1)
+        r = r[np.arange(r.shape[0]), :, :, best_tf]
+    if r.ndim != 3:
+        raise ValueError(f"full must have shape (N, D, SF) or (N, D, SF, TF), got {np.shape(full)}")
+    f = np.asarray(check_not_complex(spatial_freqs, "spatial_freqs"), dtype=np.float64).reshape(-1)
+    if f.size != r.shape[2]:
+        raise ValueError(f"spatial_freqs has {f.size} values but full has {r.shape[2]} SFs")
+    if f.size < 2:
+        raise ValueError(f"SF preference needs at least 2 spatial frequencies, got {f.size}")
+    if not np.all(np.isfinite(f) & (f > 0)):
+        raise ValueError(f"spatial_freqs must be positive, got {f.tolist()}")
+    if not np.all(np.isfinite(r)):
+        raise ValueError("full holds non-finite values")
+    if mode == "mean":
+        curve = r.mean(1)
+    elif mode == "best":
+        curve = r.max(1)
+    else:
+        raise ValueError(f"mode must be 'mean' or 'best', got {mode!r}")
+    top, low = curve.max(1), curve.min(1)
+    tuned = top > low + 1e-12 * np.maximum(np.abs(top), 1.0)
+    idx = curve.argmax(1)
+    w = curve - low[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logc = (w * np.log2(f)[None, :]).sum(1) / w.sum(1)
+        mod = (top - low) / (np.abs(top) + np.abs(low))
+    return SFPreference(
+        spatial_freqs=f, curve=curve, preferred_index=idx.astype(np.int64),
+        preferred_sf=np.where(tuned, f[idx], np.nan), centroid_sf=np.where(tuned, 2.0 ** logc, np.nan),
+        modulation=np.where(tuned, mod, np.nan), tuned=tuned)
+
+
+def cardinal_bias(preferred, num_orientations: int = 8, mask=None, period: float = math.pi) -> Dict[str, float]:
+    """Cardinal bias of preferred orientations (radians, period π): the share of units (within ``mask``, finite)
+    whose preferred orientation lies within ± half an orientation step (π/(2·num_orientations)) of 0° or 90°,
+    against the share expected if preferences were uniform, ``2/num_orientations`` (25 % for 8 orientations).
+    ``ratio`` = share / expected (1: no bias; ``num_orientations/2`` when every unit is cardinal). The null is
+    uniformity (independent of positions): ``p`` is the two-sided exact binomial p-value of the count,
+    ``p_greater`` the one-sided one for an excess of cardinal units. The windows are centred on sampled
+    orientations, like every other window of that width, so the pull of a sampled tuning curve's vector sum
+    towards the sampled angles does not favour them."""
+    from scipy import stats
+
+    d = int(num_orientations)
+    if d < 4 or d % 2:
+        raise ValueError(f"num_orientations must be an even integer >= 4, got {num_orientations!r}")
+    a = np.asarray(check_not_complex(preferred, "preferred"), dtype=np.float64).reshape(-1)
+    keep = np.isfinite(a) if mask is None else (np.isfinite(a) & np.asarray(mask, dtype=bool).reshape(-1))
+    a = np.mod(a[keep], period)
+    half = period / (2 * d)
+    dist = np.minimum.reduce([a, np.abs(a - period / 2), period - a])  # to 0°, 90°, 180°
+    cardinal = dist < half - 1e-12
+    n, k = int(a.size), int(cardinal.sum())
+    expected = 2.0 / d
+    out = {"num_units": n, "num_cardinal": k, "expected_share": expected, "half_window_deg": math.degrees(half),
+           "num_orientations": d}
+    if n == 0:
+        return {**out, "share": float("nan"), "ratio": float("nan"), "p": float("nan"), "p_greater": float("nan")}
+    share = k / n
+    return {**out, "share": float(share), "ratio": float(share / expected),
+            "p": float(stats.binomtest(k, n, expected, alternative="two-sided").pvalue),
+            "p_greater": float(stats.binomtest(k, n, expected, alternative="greater").pvalue)}

@@ -1,5 +1,6 @@
-"""Video data: folders of videos, the embedded default set, synthetic motion, clip augmentation, fault records,
-grating stimuli, the normalisation constants and the motion directions of a video source.
+"""Training data: folders of videos and of images, the embedded default sets, synthetic motion, clip and image
+augmentation, fault records, grating stimuli, the normalisation constants and the motion directions of a video
+source.
 
 Names are imported lazily (``tdann_fast._lazy``): reading the constants of :mod:`tdann_fast.data.normalization`
 (as the config does) does not import torch.
@@ -7,7 +8,9 @@ Names are imported lazily (``tdann_fast._lazy``): reading the constants of :mod:
 from tdann_fast._lazy import lazy_exports
 
 _LAZY = {
-    "AugmentParams": "augment", "ClipAugment": "augment",
+    "AugmentParams": "augment", "ClipAugment": "augment", "ImageAugment": "image_augment",
+    "EmbeddedImages": "images", "ImageDataset": "images", "ImageFolder": "images", "collate_images": "images",
+    "embedded_images": "images",
     "TruncatedVideoError": "decode", "VideoReadError": "decode", "count_frames": "decode",
     "read_all_frames": "decode", "read_frames": "decode",
     "EMBEDDED_VIDEO_NAMES": "embedded", "embedded_default": "embedded", "embedded_video_paths": "embedded",

@@ -14,14 +14,30 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .normalization import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD
 
-__all__ = ["DriftingGratings", "StaticGratings"]
+__all__ = ["DriftingGratings", "StaticGratings", "static_spatial_freqs"]
+
+#: Periods (pixels) of the default static-grating SFs: five octave steps, 64 px down to 4 px per cycle.
+STATIC_PERIODS_PX = (64.0, 32.0, 16.0, 8.0, 4.0)
+
+
+def static_spatial_freqs(size: int) -> Tuple[float, ...]:
+    """Default spatial frequencies (cycles per image width) of :class:`StaticGratings` for a ``size``-pixel image:
+    five octave-spaced SFs whose periods are 64, 32, 16, 8 and 4 pixels (``size/64 · (1, 2, 4, 8, 16)``: 1-16
+    cycles per image at 64 px, 1.75-28 at 112, 3.5-56 at 224). A unit's receptive field is fixed in pixels, so the
+    range is fixed in cycles per pixel; the highest SF stays at half the Nyquist frequency (4 px per cycle: no
+    aliasing at any orientation), the lowest puts at least one cycle across the image (SFs below 1 cycle per image
+    are dropped)."""
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    sfs = tuple(float(size) / p for p in STATIC_PERIODS_PX if float(size) / p >= 1.0)
+    return sfs or (1.0,)
 
 
 def _check_triple(v, name):
@@ -127,18 +143,23 @@ class StaticGratings:
     """Static sine gratings for image models: ``orientations`` × ``spatial_freqs`` × ``phases``.
 
     Orientation θ in [0, π) is the direction of the grating's wave vector (the bars run perpendicular to it).
-    Images (B, 3, size, size), float32, normalised.
+    Images (B, 3, size, size), float32, normalised. ``spatial_freqs=None`` (the default) takes
+    :func:`static_spatial_freqs` of ``size``: five octave-spaced SFs, periods 64 to 4 pixels.
     """
 
     size: int = 224
     num_orientations: int = 8
-    spatial_freqs: Sequence[float] = (4.0, 8.0, 16.0, 32.0)   # cycles per image width
+    spatial_freqs: Optional[Sequence[float]] = None   # cycles per image width; None: static_spatial_freqs(size)
     num_phases: int = 4
     contrast: float = 1.0
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
 
     def __post_init__(self):
+        if self.spatial_freqs is None:
+            if not isinstance(self.size, (int, np.integer)) or self.size < 1:
+                raise ValueError(f"size must be a positive integer, got {self.size!r}")
+            self.spatial_freqs = static_spatial_freqs(int(self.size))
         _check_fields(self, ("size", "num_orientations", "num_phases"), "num_orientations")
 
     period = math.pi

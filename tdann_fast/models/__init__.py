@@ -1,14 +1,17 @@
-"""Models: feature taps on any network, and the MoCo v2 wrapper around torchvision's r3d_18.
+"""Models: feature taps on any network, MoCo v2 around torchvision's r3d_18 (video) and SimCLR around its
+resnet18 (images).
 
-Imported lazily (torchvision is only loaded when the MoCo pieces are used).
+Imported lazily (torchvision is only loaded when the MoCo or SimCLR pieces are used).
 """
 from importlib import import_module
 
 from .taps import FeatureTaps
 
-_LAZY = {"MoCo": "tdann_fast.models.moco", "r3d18_backbone": "tdann_fast.models.moco"}
+_LAZY = {"MoCo": "tdann_fast.models.moco", "r3d18_backbone": "tdann_fast.models.moco",
+         "SimCLR": "tdann_fast.models.simclr", "resnet18_backbone": "tdann_fast.models.simclr",
+         "nt_xent": "tdann_fast.models.simclr"}
 
-__all__ = ["FeatureTaps", "MoCo", "r3d18_backbone"]
+__all__ = ["FeatureTaps", "MoCo", "r3d18_backbone", "SimCLR", "resnet18_backbone", "nt_xent"]
 
 
 def __getattr__(name):

