@@ -347,7 +347,7 @@ def run_sweep(config, alphas: Sequence[float], seeds: Sequence[int], out_dir=Non
                                                         **kw))
 
         def analyse_categories(key: str, ckpt: Path, controls: Dict[str, Optional[str]]) -> Optional[str]:
-            from tdann_fast.analysis.analyze import analyze_checkpoint_categories
+            from tdann_fast.analysis.categories import analyze_checkpoint_categories
 
             shown = {label: d for label, d in controls.items() if d}
             return analyse(key, analysis_dir / key, ckpt,
@@ -355,7 +355,7 @@ def run_sweep(config, alphas: Sequence[float], seeds: Sequence[int], out_dir=Non
                                                                    device=kw.get("device", "cpu"),
                                                                    progress=kw.get("progress", False)))
 
-        from tdann_fast.analysis.analyze import IT_LAYER as it_layer
+        from tdann_fast.analysis.categories import IT_LAYER as it_layer
 
         base_layers = active_layers(base)
 

@@ -19,7 +19,7 @@ _LAZY = {
     "ring_spectrum_field": "maps", "synthetic_tuning_map": "maps",
     "GratingResponses": "responses", "grating_responses": "responses", "layer_responses": "responses",
     "analyze_model": "analyze", "analyze_checkpoint": "analyze", "analyze_random_init": "analyze",
-    "analyze_checkpoint_categories": "analyze",
+    "analyze_checkpoint_categories": "categories",
     "analyze_categories": "categories", "category_tvalues": "categories", "find_patches": "categories",
     "category_report_lines": "categories", "CategoryStimuli": "floc", "embedded_floc": "floc",
     "load_floc_folder": "floc",

@@ -409,47 +409,6 @@ def analyze_checkpoint(checkpoint, out_dir, layer: Optional[str] = None, device=
                          controls=controls, **common)
 
 
-IT_LAYER = "layer4.1"  # the last block of resnet18: VTC in the ventral TDANN (category patches)
-
-
-def analyze_checkpoint_categories(checkpoint, out_dir, layer: str = IT_LAYER, floc_root=None, device="cpu",
-                                  progress: bool = True, controls: Optional[Mapping[str, Any]] = None,
-                                  random_init_control: bool = True, **kwargs) -> Dict[str, Any]:
-    """Category patches (:func:`tdann_fast.analysis.categories.analyze_categories`) of an image checkpoint's
-    ``layer`` (default layer4.1, VTC) on an fLoc-layout folder ``floc_root`` (one sub-folder per category) or,
-    without one, the embedded fLoc-like probe (:func:`tdann_fast.analysis.floc.embedded_floc`; not the fLoc set, no
-    bodies: the report says so). Unless ``controls`` names one or ``random_init_control`` is False, a randomly
-    initialised resnet18 on the same sheet is analysed first (``out_dir/controls/random_init``) and set beside it.
-    Other keyword arguments go to ``analyze_categories`` (``sigma_mm``, ``threshold``, ``num_shuffles``, ...)."""
-    from tdann_fast.errors import ConfigError
-    from tdann_fast.train.checkpoint import load_for_analysis
-
-    from .categories import analyze_categories
-    from .floc import load_floc_folder
-
-    bundle = load_for_analysis(checkpoint, map_location="cpu")
-    if bundle.arch != "resnet18":
-        raise ConfigError(f"checkpoint: {checkpoint} is a {bundle.arch} model; category patches are measured on "
-                          f"image models (task image_simclr)")
-    if layer not in bundle.sheets:
-        raise ConfigError(f"layer: got {layer!r}; checkpoint {checkpoint} has sheets for {list(bundle.sheets)}")
-    stimuli = load_floc_folder(floc_root, size=bundle.size) if floc_root else None
-    seed = int(bundle.config.get("seed", 0)) if isinstance(bundle.config, dict) else 0
-    common = dict(stimuli=stimuli, size=bundle.size, mean=bundle.mean, std=bundle.std, layer=layer, device=device,
-                  progress=progress, seed=seed, **kwargs)
-    controls = dict(controls or {})
-    if random_init_control and not any("random" in str(k) for k in controls):
-        ctrl_dir = Path(out_dir) / "controls" / "random_init"
-        analyze_categories(random_init_like(bundle.encoder, seed), bundle.sheets[layer], ctrl_dir,
-                           model_name="resnet18 (random init)",
-                           extra={"checkpoint": "random init (same sheet)", "alpha": None, "stage": None}, **common)
-        controls = {"random init": ctrl_dir, **controls}
-    extra = {"checkpoint": str(checkpoint), "stage": bundle.stage, "alpha": _alpha_of(bundle.alpha, layer),
-             "task": bundle.task}
-    return analyze_categories(bundle.encoder, bundle.sheets[layer], out_dir, controls=controls, extra=extra,
-                              model_name="resnet18", **common)
-
-
 def analyze_random_init(out_dir, arch: str = "r3d_18", frames: int = 8, size: int = 64,
                         layer: Optional[str] = None, seed: int = 0, device="cpu", progress: bool = True,
                         sheet_sizes="analysis", **kw) -> Dict[str, Any]:

@@ -66,7 +66,7 @@ try:  # the package's one home of the constants
 except ImportError:  # pragma: no cover
     IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-__all__ = ["category_tvalues", "SmoothMap", "smooth_tmap", "Patch", "PatchResult", "find_patches",
+__all__ = ["IT_LAYER", "analyze_checkpoint_categories", "category_tvalues", "SmoothMap", "smooth_tmap", "Patch", "PatchResult", "find_patches",
            "TmapSmoothness", "tmap_smoothness", "PatchStatistics", "patch_statistics", "map_overlap",
            "default_category_sigma_mm", "analyze_categories", "category_report_lines", "DEFAULT_THRESHOLD",
            "DEFAULT_ALPHA"]
@@ -863,6 +863,47 @@ def analyze_categories(
     atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     metrics["files"]["metrics"] = str(out / "metrics.json")
     return metrics
+
+
+IT_LAYER = "layer4.1"  # the last block of resnet18: VTC in the ventral TDANN (category patches)
+
+
+def analyze_checkpoint_categories(checkpoint, out_dir, layer: str = IT_LAYER, floc_root=None, device="cpu",
+                                  progress: bool = True, controls: Optional[Mapping[str, Any]] = None,
+                                  random_init_control: bool = True, **kwargs) -> Dict[str, Any]:
+    """Category patches (:func:`tdann_fast.analysis.categories.analyze_categories`) of an image checkpoint's
+    ``layer`` (default layer4.1, VTC) on an fLoc-layout folder ``floc_root`` (one sub-folder per category) or,
+    without one, the embedded fLoc-like probe (:func:`tdann_fast.analysis.floc.embedded_floc`; not the fLoc set, no
+    bodies: the report says so). Unless ``controls`` names one or ``random_init_control`` is False, a randomly
+    initialised resnet18 on the same sheet is analysed first (``out_dir/controls/random_init``) and set beside it.
+    Other keyword arguments go to ``analyze_categories`` (``sigma_mm``, ``threshold``, ``num_shuffles``, ...)."""
+    from tdann_fast.errors import ConfigError
+    from tdann_fast.train.checkpoint import load_for_analysis
+
+    from .analyze import _alpha_of, random_init_like
+    from .floc import load_floc_folder
+
+    bundle = load_for_analysis(checkpoint, map_location="cpu")
+    if bundle.arch != "resnet18":
+        raise ConfigError(f"checkpoint: {checkpoint} is a {bundle.arch} model; category patches are measured on "
+                          f"image models (task image_simclr)")
+    if layer not in bundle.sheets:
+        raise ConfigError(f"layer: got {layer!r}; checkpoint {checkpoint} has sheets for {list(bundle.sheets)}")
+    stimuli = load_floc_folder(floc_root, size=bundle.size) if floc_root else None
+    seed = int(bundle.config.get("seed", 0)) if isinstance(bundle.config, dict) else 0
+    common = dict(stimuli=stimuli, size=bundle.size, mean=bundle.mean, std=bundle.std, layer=layer, device=device,
+                  progress=progress, seed=seed, **kwargs)
+    controls = dict(controls or {})
+    if random_init_control and not any("random" in str(k) for k in controls):
+        ctrl_dir = Path(out_dir) / "controls" / "random_init"
+        analyze_categories(random_init_like(bundle.encoder, seed), bundle.sheets[layer], ctrl_dir,
+                           model_name="resnet18 (random init)",
+                           extra={"checkpoint": "random init (same sheet)", "alpha": None, "stage": None}, **common)
+        controls = {"random init": ctrl_dir, **controls}
+    extra = {"checkpoint": str(checkpoint), "stage": bundle.stage, "alpha": _alpha_of(bundle.alpha, layer),
+             "task": bundle.task}
+    return analyze_categories(bundle.encoder, bundle.sheets[layer], out_dir, controls=controls, extra=extra,
+                              model_name="resnet18", **common)
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -139,8 +139,7 @@ def run_analyze(args) -> int:
             _print_summary(m)
             from pathlib import Path
 
-            from .analyze import analyze_checkpoint_categories
-            from .categories import category_report_lines
+            from .categories import analyze_checkpoint_categories, category_report_lines
 
             cat = analyze_checkpoint_categories(args.checkpoint, Path(args.out) / "categories", layer=args.it_layer,
                                                 floc_root=args.floc, device=args.device,

@@ -235,7 +235,7 @@ def _probe_lines(probe) -> List[str]:
             line += " (" + ", ".join(parts) + ")"
     out = [line]
     if kind in ("gratings", "both"):
-        out.append("- **warning**: the swap optimised the positions on responses to drifting gratings, the kind of "
+        out.append("- **warning**: the swap optimised the positions on responses to gratings, the kind of "
                    "stimulus this analysis measures the map with; a map here is partly put in by the swap.")
     return out
 
