@@ -58,7 +58,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .maps import NullStat, _check_number, _neighbour_pairs, _nullstat, _progress
+from .maps import NullStat, _check_extent, _check_number, _neighbour_pairs, _nullstat, _progress
 from .pinwheels import check_positions, default_sigma_mm, grid_axes, smooth_vector_field
 
 try:  # the package's one home of the constants
@@ -150,13 +150,7 @@ def _extent(p: np.ndarray, extent) -> Tuple[float, float, float, float]:
         if not (e[1] > e[0] and e[3] > e[2]):
             raise ValueError(f"positions must span a 2-D region (their bounding box is {e}); or pass extent")
         return e
-    try:
-        e = tuple(float(x) for x in extent)
-    except (TypeError, ValueError):
-        raise ValueError(f"extent must be 4 numbers (x0, x1, y0, y1) in mm, got {extent!r}") from None
-    if len(e) != 4 or not all(math.isfinite(x) for x in e) or not (e[1] > e[0] and e[3] > e[2]):
-        raise ValueError(f"extent must be (x0, x1, y0, y1) with finite x1 > x0 and y1 > y0, got {extent!r}")
-    return e
+    return _check_extent(extent)
 
 
 @dataclass
