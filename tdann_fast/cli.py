@@ -151,8 +151,8 @@ def _cmd_demo(args) -> int:
             for run in sorted(cat_runs, key=lambda r: -r["alpha"]):
                 label = f"alpha {run['alpha']:g}" + (" (contrastive only)" if run["alpha"] == 0 else "")
                 print(f"{label:<28}: {_verdict_of(run['categories_dir'])}")
-                ri = Path(run["categories_dir"]) / "controls" / "random_init"
-                print(f"{'  random init (same sheet)':<28}: {_verdict_of(ri)}")
+            print(f"{'random init (same sheet)':<28}: "
+                  f"{_verdict_of(manifest['controls'].get('random_init_categories'))}")
         print(f"report            : {Path(cfg.run_dir) / 'report' / 'sweep_report.md'} (and "
               f"{Path(cfg.run_dir) / 'analysis'}/<run>/report.md)")
     print(f"total             : {total:8.1f} s (run dirs under {cfg.run_dir}/runs, shared stages 1-4 in "

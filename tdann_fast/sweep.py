@@ -38,8 +38,10 @@ Manifest (``sweep.json``; read by the report)::
     {"config": NAME_OR_PATH, "alphas": [...], "seeds": [...], "reference_alpha": 0.5 | null,
      "shared_run": DIR, "shared_stage4": CHECKPOINT,
      "runs": [{"name", "alpha", "seed", "objective": "joint" | "contrastive" | "spatial", "run_dir",
-               "checkpoint": stage-6 checkpoint or null, "analysis_dir": DIR or null, "complete": bool}],
-     "controls": {"random_init": DIR or null, "training_motion": DIR or null,
+               "checkpoint": stage-6 checkpoint or null, "analysis_dir": DIR or null, "complete": bool,
+               "categories_dir": DIR (image task: category patches of layer4.1)}],
+     "controls": {"random_init": DIR or null, "training_motion": DIR or null (video task),
+                  "random_init_categories": DIR (image task: category patches of a random-init network),
                   "timeline": [{"stage": 2, "label": ..., "analysis_dir": DIR or null}, {"stage": 3, ...}]},
      "timings_s": {"shared": s, "<run name>": s, "analysis/<name>": s, "report": s, "total": s}}
 """
@@ -423,8 +425,14 @@ def run_sweep(config, alphas: Sequence[float], seeds: Sequence[int], out_dir=Non
                 zero_cat = None if zero is None else next(
                     (e.get("categories_dir") for e in m.data["runs"]
                      if e["objective"] == "contrastive" and e["seed"] == r["seed"]), None)
+                # every run has the shared stage-4 (frozen) sheet: the first analysis makes the random-init
+                # control on it (its controls/random_init), the others show that one
+                cat_ri = m.data["controls"].get("random_init_categories")
                 entry["categories_dir"] = analyse_categories(f"{r['name']}_categories", final,
-                                                             {"α = 0": zero_cat})
+                                                             {"random init": cat_ri, "α = 0": zero_cat})
+                if cat_ri is None and entry["categories_dir"]:
+                    m.data["controls"]["random_init_categories"] = str(Path(entry["categories_dir"]) / "controls"
+                                                                       / "random_init")
                 m.write()
 
         # ---- the report (tdann_fast.analysis.sweep reads the manifest)

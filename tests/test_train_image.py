@@ -201,3 +201,23 @@ def test_analyze_cli_on_trained_image_checkpoint(image_run, tmp_path, capsys):
     assert c["layer"] == "layer4.1" and set(c["categories"]) == {"faces", "characters", "places", "objects"}
     assert "random init" in c["controls"] and (out / "categories" / "tmaps.png").is_file()
     assert "category patches" in printed and "missing categories: bodies" in printed
+
+
+def test_image_demo_analyses_every_run_with_one_random_init_control(tmp_path, capsys):
+    """`tdann-fast demo` on the image task: V1 and category analyses of the alpha 0.25 and alpha 0 runs; the
+    category control of a random-init network on the shared (frozen) sheet is made once and shown beside both."""
+    from tdann_fast import cli
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--config", "v1_smoke", "analysis.enabled=true", f"run_dir={out}"]) == 0
+    printed = capsys.readouterr().out
+    manifest = json.loads((out / "sweep.json").read_text())
+    ri = manifest["controls"]["random_init_categories"]
+    assert "training_motion" not in manifest["controls"]  # images do not move
+    dirs = [Path(r["categories_dir"]) for r in manifest["runs"]]
+    assert len(dirs) == 2 and all((d / "metrics.json").is_file() for d in dirs)
+    assert [d for d in dirs if (d / "controls").exists()] == [Path(ri).parent.parent]
+    for d in dirs:
+        shown = json.loads((d / "metrics.json").read_text())["controls"]
+        assert shown["random init"]["verdict"] == json.loads((Path(ri) / "metrics.json").read_text())["verdict"]
+    assert "== category patches (layer4.1" in printed and "random init (same sheet)" in printed

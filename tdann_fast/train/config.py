@@ -73,6 +73,11 @@ class DataConfig:
     std: tuple = KINETICS_STD       # that leaves them out gets ImageNet's (tdann_fast.data.normalization)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    @property
+    def load_side(self) -> int:
+        """Side of the square clips/images before augmentation: ``load_size``, or round(1.25 × ``size``)."""
+        return self.load_size or int(round(1.25 * self.size))
+
 
 @dataclass
 class MocoConfig:

@@ -47,7 +47,6 @@ class Task:
     arch = ""               # the encoder's torchvision name
     sample_name = ""        # "clips" / "images": the unit of the throughput log (``<sample_name>_per_s``)
     loss_name = ""          # the logged name of the contrastive loss ("loss_moco", "loss_simclr")
-    probe_sample = ""       # the ``swap.probe`` value naming training samples ("clips", "images")
 
     def __init__(self, cfg, device, rank: int = 0):
         self.cfg, self.device, self.rank = cfg, device, int(rank)
@@ -97,19 +96,20 @@ class Task:
         raise NotImplementedError
 
     # shared by the tasks
-    def probe_counts(self) -> tuple:
-        """(training samples, gratings) in the stage-3 probe set."""
-        from tdann_fast.train.config import probe_counts
-
-        return probe_counts(self.cfg)
+    def epoch_length(self, source, world_size: int) -> int:
+        """Samples in a (virtual) epoch: ``data.clips_per_epoch`` or one per source item, at least one batch per
+        rank."""
+        return max(self.cfg.data.clips_per_epoch or len(source), self.cfg.batch_size * world_size)
 
     def probe_batches(self, dataset, count_faults: Callable) -> Iterator:
         """The stage-3 probe set as normalised input batches: the gratings (when ``swap.probe`` asks for them),
         then the centre crops of the first view of training samples ``0..probe_clips-1``."""
         import torch
 
+        from tdann_fast.train.config import probe_counts
+
         s = self.cfg.swap
-        n_samples, n_gratings = self.probe_counts()
+        n_samples, n_gratings = probe_counts(self.cfg)
         if n_gratings:
             yield from self.grating_batches()
         for start in range(0, n_samples, s.probe_batch_size):

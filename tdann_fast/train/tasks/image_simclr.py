@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 from tdann_fast.errors import ConfigError, DamagedFileError
 
+from tdann_fast.train.config import probe_counts
+
 from . import Task
 
 
@@ -27,7 +29,7 @@ def training_images(cfg):
     from tdann_fast.data.images import ImageFolder, embedded_images
 
     d = cfg.data
-    load = d.load_size or int(round(1.25 * d.size))
+    load = d.load_side
     if d.source == "embedded":
         return embedded_images(load, num_images=d.embedded_images, seed=cfg.seed)
     if d.source != "folder":
@@ -41,7 +43,7 @@ def training_images(cfg):
 class ImageSimclr(Task):
     """SimCLR on ``resnet18`` (see the module docstring)."""
 
-    name, arch, sample_name, loss_name, probe_sample = "image_simclr", "resnet18", "images", "loss_simclr", "images"
+    name, arch, sample_name, loss_name = "image_simclr", "resnet18", "images", "loss_simclr"
 
     def build_data(self, seed: int, world_size: int):
         from tdann_fast.data.image_augment import ImageAugment
@@ -49,8 +51,7 @@ class ImageSimclr(Task):
 
         d = self.cfg.data
         source = training_images(self.cfg)
-        length = max(d.clips_per_epoch or len(source), self.cfg.batch_size * world_size)
-        dataset = ImageDataset(source, length=length, seed=seed)
+        dataset = ImageDataset(source, length=self.epoch_length(source, world_size), seed=seed)
         self.augment = ImageAugment.from_config(d.size, d.augment, d.mean, d.std)
         return source, dataset, collate_images
 
@@ -102,7 +103,7 @@ class ImageSimclr(Task):
 
     def describe_probe(self, layers) -> dict:
         s, d = self.cfg.swap, self.cfg.data
-        images, gratings = self.probe_counts() if layers else (0, 0)
+        images, gratings = probe_counts(self.cfg) if layers else (0, 0)
         return {"probe": s.probe, "num_images": images, "num_gratings": gratings,
                 "images": f"centre crops of training images 0..{images - 1}" if images else None,
                 "grating_orientations": s.grating_directions // 2 if gratings else None,

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 from tdann_fast.errors import ConfigError, DamagedFileError
 
+from tdann_fast.train.config import probe_counts
+
 from . import Task
 
 
@@ -21,7 +23,7 @@ def training_source(cfg):
     from tdann_fast.data import SyntheticMotion, VideoFolder, embedded_default
 
     d = cfg.data
-    load = d.load_size or int(round(1.25 * d.size))
+    load = d.load_side
     if d.source == "embedded":
         return embedded_default(load, d.synthetic_videos, d.synthetic_frames, seed=cfg.seed)
     if d.source == "synthetic":
@@ -39,15 +41,15 @@ def training_source(cfg):
 class VideoMoco(Task):
     """MoCo v2 on ``r3d_18`` (see the module docstring)."""
 
-    name, arch, sample_name, loss_name, probe_sample = "video_moco", "r3d_18", "clips", "loss_moco", "clips"
+    name, arch, sample_name, loss_name = "video_moco", "r3d_18", "clips", "loss_moco"
 
     def build_data(self, seed: int, world_size: int):
         from tdann_fast.data import ClipAugment, ClipPairDataset, collate_pairs
 
         d = self.cfg.data
         source = training_source(self.cfg)
-        length = max(d.clips_per_epoch or len(source), self.cfg.batch_size * world_size)
-        dataset = ClipPairDataset(source, d.frames, d.stride, length=length, seed=seed)
+        dataset = ClipPairDataset(source, d.frames, d.stride, length=self.epoch_length(source, world_size),
+                                  seed=seed)
         self.augment = ClipAugment.from_config(d.size, d.augment, d.mean, d.std)
         return source, dataset, collate_pairs
 
@@ -99,7 +101,7 @@ class VideoMoco(Task):
 
     def describe_probe(self, layers) -> dict:
         s, d = self.cfg.swap, self.cfg.data
-        clips, gratings = self.probe_counts() if layers else (0, 0)
+        clips, gratings = probe_counts(self.cfg) if layers else (0, 0)
         return {"probe": s.probe, "num_clips": clips, "num_gratings": gratings,
                 "clips": f"centre crops of the query clips of training samples 0..{clips - 1}" if clips else None,
                 "grating_directions": s.grating_directions if gratings else None,
