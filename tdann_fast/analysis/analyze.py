@@ -268,8 +268,14 @@ def analyze_model(
     metrics["timing_s"] = {"responses": t1 - t0, "tuning": t2 - t1, "maps": t3 - t2, "figures": t4 - t3,
                            "total": t5 - t0}
     figs["report"] = write_report(metrics, out, {k: v for k, v in figs.items()}, controls=control_metrics)
-    metrics["files"] = {k: str(v) for k, v in figs.items()}
-    metrics["files"]["tuning"] = str(out / "tuning.npz")
+    return _finish_metrics(metrics, out, figs, t0, tuning=out / "tuning.npz")
+
+
+def _finish_metrics(metrics: dict, out: Path, figs: Mapping[str, Any], t0: float, **data_files) -> dict:
+    """The end of an analysis: ``metrics["files"]`` (the figures and report ``figs``, the ``data_files``, then
+    ``metrics.json`` itself), the total time since ``t0``; writes ``out/metrics.json`` atomically. Returns
+    ``metrics``."""
+    metrics["files"] = {k: str(v) for k, v in {**figs, **data_files}.items()}
     metrics["timing_s"]["total"] = time.perf_counter() - t0
     atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     metrics["files"]["metrics"] = str(out / "metrics.json")

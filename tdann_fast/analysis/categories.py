@@ -49,7 +49,6 @@ of the ventral TDANN; "not available: no body category" when the stimuli have no
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -733,9 +732,7 @@ def analyze_categories(
     """
     import torch
 
-    from tdann_fast._io import atomic_write_text, jsonable
-
-    from .analyze import load_metrics
+    from .analyze import _finish_metrics, load_metrics
     from .floc import CategoryStimuli, embedded_floc
 
     t0 = time.perf_counter()
@@ -851,12 +848,7 @@ def analyze_categories(
     metrics["timing_s"] = {"responses": t1 - t0, "statistics": t2 - t1, "figures": t4 - t3,
                            "total": time.perf_counter() - t0}
     figs["report"] = _write_report(metrics, out, figs, control_metrics)
-    metrics["files"] = {k: str(v) for k, v in figs.items()}
-    metrics["files"]["tvalues"] = str(out / "tvalues.npz")
-    metrics["timing_s"]["total"] = time.perf_counter() - t0
-    atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
-    metrics["files"]["metrics"] = str(out / "metrics.json")
-    return metrics
+    return _finish_metrics(metrics, out, figs, t0, tvalues=out / "tvalues.npz")
 
 
 IT_LAYER = "layer4.1"  # the last block of resnet18: VTC in the ventral TDANN (category patches)
