@@ -27,7 +27,9 @@ The interface (:class:`Task`), implemented by :class:`~tdann_fast.train.tasks.vi
   values logged for a step;
 * ``sheets(layers)`` -> the preset's retinotopic sheets for the layers;
 * ``probe_batches(dataset, count_faults)`` and ``describe_probe(layers)``: the stage-3 probe set and its record;
-* ``encoder_from_state(model_state)`` (class method): the trained encoder of a checkpoint, for the analysis.
+* ``backbone()`` (static) and ``encoder_prefix``: a fresh encoder and its prefix in the model's state dict, from
+  which the shared ``encoder_from_state(model_state)`` (class method) gives a checkpoint's trained encoder, for
+  the analysis.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ class Task:
     arch = ""               # the encoder's torchvision name
     sample_name = ""        # "clips" / "images": the unit of the throughput log (``<sample_name>_per_s``)
     loss_name = ""          # the logged name of the contrastive loss ("loss_moco", "loss_simclr")
+    encoder_prefix = ""     # the encoder's prefix in the trained module's state dict ("encoder_q.", "encoder.")
 
     def __init__(self, cfg, device, rank: int = 0):
         self.cfg, self.device, self.rank = cfg, device, int(rank)
@@ -91,11 +94,26 @@ class Task:
         """Weight of the contrastive loss in stages 5-6 (stage 1 always uses 1)."""
         raise NotImplementedError
 
-    @classmethod
-    def encoder_from_state(cls, model_state: Mapping[str, Any]):
+    @staticmethod
+    def backbone():
+        """A fresh encoder of the task's architecture (``fc`` = Identity), for :meth:`encoder_from_state`."""
         raise NotImplementedError
 
     # shared by the tasks
+    @classmethod
+    def encoder_from_state(cls, model_state: Mapping[str, Any], path: str = ""):
+        """The trained encoder (:meth:`backbone` with the ``encoder_prefix`` entries of ``model_state``), in eval
+        mode; a state without them raises :class:`~tdann_fast.errors.DamagedFileError` naming ``path``."""
+        from tdann_fast.errors import DamagedFileError
+
+        encoder = cls.backbone()
+        prefix = cls.encoder_prefix
+        state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+        if not state:
+            raise DamagedFileError(path, f"holds no {prefix[:-1]} weights")
+        encoder.load_state_dict(state)
+        return encoder.eval()
+
     def epoch_length(self, source, world_size: int) -> int:
         """Samples in a (virtual) epoch: ``data.clips_per_epoch`` or one per source item, at least one batch per
         rank."""

@@ -14,9 +14,7 @@ analysis sides; or ``{group: side_mm}``). Probe set of stage 3: centre crops of 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from tdann_fast.errors import ConfigError, DamagedFileError
+from tdann_fast.errors import ConfigError
 
 from tdann_fast.train.config import probe_counts
 
@@ -44,6 +42,7 @@ class ImageSimclr(Task):
     """SimCLR on ``resnet18`` (see the module docstring)."""
 
     name, arch, sample_name, loss_name = "image_simclr", "resnet18", "images", "loss_simclr"
+    encoder_prefix = "encoder."
 
     def build_data(self, seed: int, world_size: int):
         from tdann_fast.data.image_augment import ImageAugment
@@ -112,15 +111,9 @@ class ImageSimclr(Task):
                 "units": "spatial frequency: cycles per image width (static gratings)",
                 "frames": None, "size": d.size, "layers": list(layers)}
 
-    @classmethod
-    def encoder_from_state(cls, model_state: Mapping[str, Any], path: str = ""):
-        """The encoder (``resnet18``, ``fc`` = Identity) of a SimCLR state dict."""
+    @staticmethod
+    def backbone():
+        """A fresh ``resnet18`` with ``fc`` = Identity: the encoder of a SimCLR state dict."""
         from tdann_fast.models.simclr import resnet18_backbone
 
-        encoder = resnet18_backbone()
-        prefix = "encoder."
-        state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-        if not state:
-            raise DamagedFileError(path, "holds no encoder weights")
-        encoder.load_state_dict(state)
-        return encoder.eval()
+        return resnet18_backbone()

@@ -8,9 +8,7 @@ training samples (``swap.probe: clips``) and/or drifting gratings (``gratings``)
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from tdann_fast.errors import ConfigError, DamagedFileError
+from tdann_fast.errors import ConfigError
 
 from tdann_fast.train.config import probe_counts
 
@@ -42,6 +40,7 @@ class VideoMoco(Task):
     """MoCo v2 on ``r3d_18`` (see the module docstring)."""
 
     name, arch, sample_name, loss_name = "video_moco", "r3d_18", "clips", "loss_moco"
+    encoder_prefix = "encoder_q."
 
     def build_data(self, seed: int, world_size: int):
         from tdann_fast.data import ClipAugment, ClipPairDataset, collate_pairs
@@ -111,15 +110,9 @@ class VideoMoco(Task):
                 "units": "spatial frequency: cycles per image width; temporal frequency: cycles per frame",
                 "frames": d.frames, "size": d.size, "layers": list(layers)}
 
-    @classmethod
-    def encoder_from_state(cls, model_state: Mapping[str, Any], path: str = ""):
-        """The query encoder (``r3d_18``, ``fc`` = Identity) of a MoCo state dict."""
+    @staticmethod
+    def backbone():
+        """A fresh ``r3d_18`` with ``fc`` = Identity: the query encoder of a MoCo state dict."""
         from tdann_fast.models.moco import r3d18_backbone
 
-        encoder = r3d18_backbone()
-        prefix = "encoder_q."
-        state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-        if not state:
-            raise DamagedFileError(path, "holds no encoder_q weights")
-        encoder.load_state_dict(state)
-        return encoder.eval()
+        return r3d18_backbone()
