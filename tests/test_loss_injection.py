@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_leaves
 from tdann_fast import CorticalSheet, FeatureTaps, SpatialLoss
 from tdann_fast.loss import reference, spatial_correlation_loss, tap
 from tdann_fast.loss.gather import dense_gradient
+from _spawn import end_rank, spawn_ranks
 
 
 def _rows(rng, n, k, m, shared=0):
@@ -278,20 +279,14 @@ def _ddp_worker(rank, world, port, out_path, steps):
             json.dump({"ratio": ratio, "broadcast_buffers": broadcast,
                        "inside_ms": 1e3 * float(np.median(times["inside"])),
                        "outside_ms": 1e3 * float(np.median(times["outside"]))}, fh)
-    dist.destroy_process_group()
+    end_rank()
 
 
 def test_ddp_step_with_the_loss_inside_sends_no_sheets(tmp_path):
     import json
-    import socket
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp.json"
-    mp.spawn(_ddp_worker, args=(2, port, str(out), 100), nprocs=2, join=True)
+    spawn_ranks(_ddp_worker, 2, str(out), 100)
     result = json.loads(out.read_text())
     print(f"\n2-rank gloo step, loss inside / outside the DDP module: {result['ratio']:.3f} "
           f"({result['inside_ms']:.1f} ms / {result['outside_ms']:.1f} ms)")

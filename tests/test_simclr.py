@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from tdann_fast.models.simclr import SimCLR, gather_with_grad, nt_xent
+from _spawn import end_rank, spawn_ranks
 
 
 def reference_nt_xent(z1, z2, temperature):
@@ -96,31 +97,22 @@ def _ddp_worker(rank, world, port, z1, z2, temperature, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        b = z1.shape[0] // world
-        a = z1[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-        c = z2[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-        loss, logits, targets = nt_xent(a, c, temperature)
-        loss.backward()
-        local = nt_xent(a.detach(), c.detach(), temperature, gather_distributed=False)[0]
-        torch.save({"loss": loss.detach(), "logits": logits.detach(), "targets": targets, "g1": a.grad,
-                    "g2": c.grad, "local": local}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    b = z1.shape[0] // world
+    a = z1[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+    c = z2[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+    loss, logits, targets = nt_xent(a, c, temperature)
+    loss.backward()
+    local = nt_xent(a.detach(), c.detach(), temperature, gather_distributed=False)[0]
+    torch.save({"loss": loss.detach(), "logits": logits.detach(), "targets": targets, "g1": a.grad,
+                "g2": c.grad, "local": local}, os.path.join(out_dir, f"rank{rank}.pt"))
+    end_rank()
 
 
 def test_nt_xent_distributed_equals_single_process(rng, tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
     world, b, D, T = 2, 3, 5, 0.3
     z1 = torch.from_numpy(rng.normal(size=(world * b, D))).float()
     z2 = torch.from_numpy(rng.normal(size=(world * b, D))).float()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(world, port, z1, z2, T, str(tmp_path)), nprocs=world, join=True)
+    spawn_ranks(_ddp_worker, world, z1, z2, T, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
 
     a, c = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
