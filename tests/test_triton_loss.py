@@ -96,8 +96,19 @@ def check_against_reference(feats, pos, nbs, variant, mode, cfg=SMALL, loss_eps=
         scale = gr.abs().max().item() + 1e-12
         e_tr = (gt - gr).abs().max().item() / scale
         e_pt = (gp - gr).abs().max().item() / scale
-        assert e_tr <= 2 * e_pt + grad_eps, (l, e_tr, e_pt)
+        assert e_tr <= 2 * e_pt + grad_eps + output_step(feats[l].dtype), (l, e_tr, e_pt)
     return tr_l, ref_l
+
+
+def output_step(dtype: torch.dtype) -> float:
+    """One rounding step of a half-precision gradient, relative to its largest element (0 for float32).
+
+    Both paths round the gradient to the features' dtype, but at different points: the fused one adds the mean and
+    flatten halves of "dual" in fp32 and rounds once per gathered unit, the plain one rounds each half and adds them
+    in that dtype. So an element can land on the neighbouring representable value in one path and not in the other,
+    whatever the plain path's own error at the worst element happens to be. 150 seeds (bf16, 5-D layer, dual):
+    fused max error 0.71 of this step, plain 0.95; the check failed at seed 830568185 (fused 0.84, plain 0.38)."""
+    return torch.finfo(dtype).eps if dtype in (torch.float16, torch.bfloat16) else 0.0
 
 
 def make_layers(rng, batch: int, dtype=torch.float32, dead: bool = True, k: int = 2):
