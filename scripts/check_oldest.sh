@@ -43,10 +43,11 @@ if [ "${OLDEST_ALL_TESTS:-0}" = 1 ]; then
                   tests/test_run_reliability.py tests/test_train_pipeline.py)
 fi
 # the interpreter of triton 3.0 converts 1-element arrays to scalars, deprecated since numpy 1.25: thousands of lines.
-# A test that hangs (a deadlock in C holds the GIL, so no Python-level timeout fires) gets its stacks printed after
-# 5 minutes by faulthandler, and the run is ended by `timeout` (TEST_LIMIT) instead of using up the CI budget.
-PYTEST_OPTS=(-q -p no:cacheprovider -W "ignore::DeprecationWarning:triton.runtime.interpreter"
-             -o faulthandler_timeout=300)
+# A test that hangs (a deadlock in C can hold the GIL, so no Python-level timeout fires) ends pytest after
+# TEST_HANG_S (tests/conftest.py, TDANN_TEST_HANG_S) and the script then prints where each thread stood and, last,
+# the test's name (scripts/hang_report.sh); `timeout` (TEST_LIMIT) is the backstop for the whole run.
+PYTEST_OPTS=(-q -p no:cacheprovider -W "ignore::DeprecationWarning:triton.runtime.interpreter")
+TEST_HANG_S=300
 TEST_LIMIT=1200
 
 PARTS=("$@")
@@ -130,7 +131,9 @@ except ImportError as exc:
     print(f"tdann_fast._C not imported, the package falls back (ImportError: {str(exc)[:120]})")
 print("import tdann_fast, tdann_fast.train, tdann_fast.analysis: ok")
 EOF
-    PYTHONPATH=$ROOT timeout "$TEST_LIMIT" "$SIDE/bin/python" -m pytest "${PYTEST_OPTS[@]}" "${TORCH_TESTS[@]}"
+    PYTHONPATH=$ROOT TDANN_TEST_HANG_S=$TEST_HANG_S TDANN_TEST_HANG_FILE=$TMP/hang-b.txt timeout "$TEST_LIMIT" \
+        "$SIDE/bin/python" -m pytest "${PYTEST_OPTS[@]}" "${TORCH_TESTS[@]}" ||
+        { rc=$?; bash scripts/hang_report.sh "$TMP/hang-b.txt"; exit $rc; }
     took "b"
 fi
 
@@ -144,8 +147,9 @@ if wants extension; then
         || { tail -50 "$TMP/build.log"; exit 1; }
     # cwd = the copy: python -m puts it first on sys.path, so its tdann_fast (with the new _C) is the one imported
     (cd "$COPY" && "$SIDE/bin/python" -c "import torch; from tdann_fast import _C; print('built', _C.__file__)" &&
-        timeout "$TEST_LIMIT" "$SIDE/bin/python" -m pytest "${PYTEST_OPTS[@]}" --rootdir "$ROOT" \
-            "$ROOT/tests/test_swap_cpp.py")
+        TDANN_TEST_HANG_S=$TEST_HANG_S TDANN_TEST_HANG_FILE=$TMP/hang-c.txt timeout "$TEST_LIMIT" \
+            "$SIDE/bin/python" -m pytest "${PYTEST_OPTS[@]}" --rootdir "$ROOT" "$ROOT/tests/test_swap_cpp.py") ||
+        { rc=$?; bash scripts/hang_report.sh "$TMP/hang-c.txt"; exit $rc; }
     took "c"
 fi
 

@@ -1,7 +1,6 @@
 """The loss at training scale: sparse gradient injection at taps, no activation-sized allocation, teachers and
 averaged models, the no-grad warning, torch.compile, DDP without buffer traffic, and a sync-free CUDA step."""
 import copy
-import os
 import time
 import warnings
 
@@ -15,7 +14,7 @@ from torch.utils._pytree import tree_leaves
 from tdann_fast import CorticalSheet, FeatureTaps, SpatialLoss
 from tdann_fast.loss import reference, spatial_correlation_loss, tap
 from tdann_fast.loss.gather import dense_gradient
-from _spawn import end_rank, spawn_ranks
+from _spawn import end_rank, spawn_ranks, start_rank
 
 
 def _rows(rng, n, k, m, shared=0):
@@ -233,10 +232,8 @@ def _ddp_worker(rank, world, port, out_path, steps):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    start_rank(rank, world, port)
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     sheets = {"1": CorticalSheet.retinotopic(16, 32, 32, 8.0, 2.0, num_neighbourhoods=4000, max_units=100, seed=1)}
 
     class Inside(nn.Module):

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from tdann_fast.models.simclr import SimCLR, gather_with_grad, nt_xent
-from _spawn import end_rank, spawn_ranks
+from _spawn import end_rank, spawn_ranks, start_rank
 
 
 def reference_nt_xent(z1, z2, temperature):
@@ -92,11 +92,7 @@ def test_gather_with_grad_is_identity_without_a_group():
 # ---------------------------------------------------------------------------------------------- 2 gloo ranks
 
 def _ddp_worker(rank, world, port, z1, z2, temperature, out_dir):
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    start_rank(rank, world, port)
     b = z1.shape[0] // world
     a = z1[rank * b:(rank + 1) * b].clone().requires_grad_(True)
     c = z2[rank * b:(rank + 1) * b].clone().requires_grad_(True)
