@@ -109,7 +109,7 @@ def test_nt_xent_distributed_equals_single_process(rng, tmp_path):
     z1 = torch.from_numpy(rng.normal(size=(world * b, D))).float()
     z2 = torch.from_numpy(rng.normal(size=(world * b, D))).float()
     spawn_ranks(_ddp_worker, world, z1, z2, T, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
     a, c = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     loss, logits, targets = nt_xent(a, c, T)  # one process, the concatenated batch

@@ -109,7 +109,7 @@ def test_atomic_save_never_leaves_partial_file(tmp_path):
             raise RuntimeError("disk full")
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_save({"a": torch.ones(3), "b": Boom()}, path)
-    assert torch.load(path)["a"].sum() == 0  # the old checkpoint is intact
+    assert torch.load(path, weights_only=True)["a"].sum() == 0  # the old checkpoint is intact
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary left
 
 
