@@ -76,6 +76,15 @@ cached() {
     echo "$spec" > "$dir/.installed"
 }
 
+# pytest in the side venv for part $1, with the per-test hang limit; a hang's report is summarised last
+side_pytest() {
+    local report=$TMP/hang-$1.txt
+    shift
+    TDANN_TEST_HANG_S=$TEST_HANG_S TDANN_TEST_HANG_FILE=$report timeout "$TEST_LIMIT" \
+        "$SIDE/bin/python" -m pytest "${PYTEST_OPTS[@]}" "$@" ||
+        { local rc=$?; bash "$ROOT/scripts/hang_report.sh" "$report"; exit $rc; }
+}
+
 side_venv() {
     "$PYTHON" -m venv "$SIDE"
     "$SIDE/bin/python" -m pip install -q --no-cache-dir "${SIDE_REQS[@]}"
@@ -131,9 +140,7 @@ except ImportError as exc:
     print(f"tdann_fast._C not imported, the package falls back (ImportError: {str(exc)[:120]})")
 print("import tdann_fast, tdann_fast.train, tdann_fast.analysis: ok")
 EOF
-    PYTHONPATH=$ROOT TDANN_TEST_HANG_S=$TEST_HANG_S TDANN_TEST_HANG_FILE=$TMP/hang-b.txt timeout "$TEST_LIMIT" \
-        "$SIDE/bin/python" -m pytest "${PYTEST_OPTS[@]}" "${TORCH_TESTS[@]}" ||
-        { rc=$?; bash scripts/hang_report.sh "$TMP/hang-b.txt"; exit $rc; }
+    PYTHONPATH=$ROOT side_pytest b "${TORCH_TESTS[@]}"
     took "b"
 fi
 
@@ -147,9 +154,7 @@ if wants extension; then
         || { tail -50 "$TMP/build.log"; exit 1; }
     # cwd = the copy: python -m puts it first on sys.path, so its tdann_fast (with the new _C) is the one imported
     (cd "$COPY" && "$SIDE/bin/python" -c "import torch; from tdann_fast import _C; print('built', _C.__file__)" &&
-        TDANN_TEST_HANG_S=$TEST_HANG_S TDANN_TEST_HANG_FILE=$TMP/hang-c.txt timeout "$TEST_LIMIT" \
-            "$SIDE/bin/python" -m pytest "${PYTEST_OPTS[@]}" --rootdir "$ROOT" "$ROOT/tests/test_swap_cpp.py") ||
-        { rc=$?; bash scripts/hang_report.sh "$TMP/hang-c.txt"; exit $rc; }
+        side_pytest c --rootdir "$ROOT" "$ROOT/tests/test_swap_cpp.py")
     took "c"
 fi
 

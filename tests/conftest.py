@@ -5,7 +5,8 @@
 * ``gpu`` tests are skipped without CUDA; ``slow`` tests run only with ``--run-slow``.
 * ``TDANN_TEST_HANG_S=<seconds>`` (CI sets it): a test still running after that long writes its node id and the
   stacks of all threads to ``TDANN_TEST_HANG_FILE`` (default ``pytest-hang.txt``) and ends pytest with status 1.
-  This works where a Python-level timeout cannot fire (a deadlock in C that holds the GIL), and the report does not
+  This works where a Python-level timeout cannot fire (a deadlock in C that holds the GIL: pytest-timeout, a dev
+  dependency, fires from a Python thread or a signal handler, both of which need the GIL), and the report does not
   drown in the rest of the output: ``scripts/check_oldest.sh`` and ``.ci/run`` print a summary of it last.
 """
 import faulthandler
